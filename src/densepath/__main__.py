@@ -1,0 +1,3 @@
+from densepath.cli import main
+
+main()

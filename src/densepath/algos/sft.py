@@ -1,0 +1,84 @@
+"""Supervised fine-tuning: teacher-forced cross-entropy on response tokens only.
+
+Read as inverse soft-Q learning (method.md section 2), this maximises sum_t log pi(y_t | x, y_<t)
+over demonstrations, so the trained logits are a soft Q-function with an implicit dense reward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from densepath.rewards.logprobs import response_logprobs
+
+
+def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean negative log-likelihood per response token (prompt tokens and padding carry no loss).
+
+    Returns (loss, number of trained tokens).
+    """
+    out = response_logprobs(
+        model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"]
+    )
+    mask = batch["response_mask"].to(out.logp.dtype)  # (B, T)
+    n_tok = mask.sum()
+    return -(out.logp * mask).sum() / n_tok.clamp(min=1), n_tok
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up, then cosine decay to `min_ratio` (a constant LR leaves noisy
+    final checkpoints at this scale: findings.md)."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SFTModule(L.LightningModule):
+    def __init__(
+        self,
+        model,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 30,
+        min_lr_ratio: float = 0.1,
+        max_steps: int = 700,
+        constant_lr: bool = False,
+    ):
+        super().__init__()
+        self.model = model
+        self.save_hyperparameters(ignore=["model"])
+        self.trained_tokens = 0
+
+    def training_step(self, batch, batch_idx):
+        loss, n_tok = sft_loss(self.model, batch)
+        self.trained_tokens += int(batch["response_mask"].sum())  # known on host from the collator
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["response_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, n_tok = sft_loss(self.model, batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["response_ids"].shape[0])
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+        )
+        if hp.constant_lr:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def final_lr(self) -> float:
+        hp = self.hparams
+        return hp.lr if hp.constant_lr else hp.lr * warmup_cosine(hp.max_steps, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)

@@ -1,0 +1,48 @@
+"""Baseline snapshots: the SFT policy at configured fractions of the SFT optimiser steps.
+
+The paper's pi_base is the SFT checkpoint trained on half the data (`baseline=sft_half`); other
+fractions feed `baseline=sft_fraction` / `ensemble`. The model before SFT is kept for `baseline=base`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+
+from densepath.models.io import save_policy
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_dir(root: str | Path, fraction: float) -> Path:
+    return Path(root) / f"frac_{fraction:.2f}"
+
+
+class SnapshotCallback(L.Callback):
+    def __init__(self, root: str | Path, fractions: list[float], max_steps: int, batch_size: int, tokenizer):
+        for f in fractions:
+            if not 0.0 < float(f) < 1.0:
+                raise ValueError(f"sft.snapshot_fractions: {f} is not in (0, 1); use e.g. [0.25, 0.5]")
+        self.root = Path(root)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        # fraction -> the optimiser step after which it is taken (at least 1)
+        self.targets = {float(f): max(1, round(float(f) * max_steps)) for f in fractions}
+        self.saved: dict[str, dict] = {}
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.is_global_zero and not (self.root / "base").exists():
+            info = save_policy(pl_module.model, self.tokenizer, self.root / "base")
+            self.saved["base"] = {**info, "step": 0, "samples_seen": 0, "fraction": 0.0}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        for frac, target in self.targets.items():
+            key = f"{frac:.2f}"
+            if step == target and key not in self.saved and trainer.is_global_zero:
+                info = save_policy(pl_module.model, self.tokenizer, snapshot_dir(self.root, frac))
+                seen = step * self.batch_size * trainer.world_size
+                self.saved[key] = {**info, "step": step, "samples_seen": seen, "fraction": frac}
+                log.info("saved baseline snapshot %.2f at step %d (%d samples seen)", frac, step, seen)

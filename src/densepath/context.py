@@ -1,0 +1,136 @@
+"""What every stage shares: the run dir, the task and tokenizer, metrics.json and manifest.json.
+
+Layout of a run dir (Hydra's output dir):
+    .hydra/                 Hydra's resolved config and overrides
+    metrics.json            flat final metrics of every stage (`<stage>/<key>`) plus the headline keys
+    manifest.json           config hash, git rev, tokenizer hash, checkpoints + sha256, parent runs
+    <stage>/                one folder per stage (sft/, recover/, dpr/, ...) with its artefacts
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from densepath.models.tokenizer import tokenizer_hash
+
+log = logging.getLogger(__name__)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of the resolved config, without keys that do not change results (paths, resume flags)."""
+    d = OmegaConf.to_container(cfg, resolve=True)
+    for k in ("parent_run", "resume", "ckpt_path", "hydra", "logger"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def git_revision() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _json_safe(v):
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    return v
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({k: _json_safe(v) for k, v in data.items()}, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    run_dir: Path
+    task: object = None
+    tokenizer: object = None
+    metrics: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+    tracking: object = None
+    parent_run: Path | None = None
+    run_name: str = ""
+
+    @classmethod
+    def create(cls, cfg: DictConfig, run_dir: Path) -> RunContext:
+        ctx = cls(cfg=cfg, run_dir=Path(run_dir))
+        ctx.parent_run = Path(cfg.parent_run).expanduser().resolve() if cfg.get("parent_run") else None
+        if ctx.parent_run is not None and not ctx.parent_run.is_dir():
+            raise FileNotFoundError(
+                f"parent_run={cfg.parent_run}: no such run directory. Pass the Hydra output dir of an "
+                "earlier run, e.g. parent_run=outputs/2026-01-01/12-00-00"
+            )
+        ctx.task = instantiate(cfg.data)
+        ctx.manifest = {
+            "config_hash": config_hash(cfg),
+            "git_revision": git_revision(),
+            "run_dir": str(ctx.run_dir),
+            "parent_runs": [str(ctx.parent_run)] if ctx.parent_run else [],
+            "stages": {},
+            "checkpoints": {},
+        }
+        ctx.tracking = instantiate(cfg.logger) if cfg.get("logger") else None
+        return ctx
+
+    def stage_dir(self, stage: str) -> Path:
+        d = self.run_dir / stage
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def artefact_dir(self, stage: str) -> Path:
+        """Where an earlier stage's artefacts live: this run if it ran the stage, else the parent run."""
+        mine = self.run_dir / stage
+        if (mine / "manifest.json").exists():
+            return mine
+        if self.parent_run is not None:
+            for cand in (self.parent_run / stage, self.parent_run):
+                if (cand / "manifest.json").exists() and json.loads((cand / "manifest.json").read_text()).get("stage") == stage:
+                    return cand
+        raise FileNotFoundError(
+            f"stage `{stage}` has no artefacts in {self.run_dir}"
+            + (f" or in parent_run={self.parent_run}" if self.parent_run else "")
+            + f". Run it first (algo={stage}) and pass that run dir as parent_run=<dir>."
+        )
+
+    def set_tokenizer(self, tok) -> None:
+        self.tokenizer = tok
+        self.manifest["tokenizer_hash"] = tokenizer_hash(tok)
+
+    def record(self, stage: str, metrics: dict[str, float], manifest: dict) -> None:
+        """Merge a finished stage's metrics/manifest and rewrite the run-level files."""
+        for k, v in metrics.items():
+            self.metrics[f"{stage}/{k}"] = v
+        self.manifest["stages"][stage] = manifest
+        for name, info in manifest.get("checkpoints", {}).items():
+            self.manifest["checkpoints"][f"{stage}/{name}"] = info
+        stage_dir = self.stage_dir(stage)
+        atomic_write_json(stage_dir / "metrics.json", metrics)
+        atomic_write_json(stage_dir / "manifest.json", {"stage": stage, **manifest})
+        self.flush()
+
+    def set_headline(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.metrics[k] = v
+        self.flush()
+
+    def flush(self) -> None:
+        atomic_write_json(self.run_dir / "metrics.json", self.metrics)
+        atomic_write_json(self.run_dir / "manifest.json", self.manifest)

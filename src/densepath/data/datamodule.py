@@ -1,0 +1,77 @@
+"""Demonstration datasets and collation into the project's padded layout."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from densepath.data.formatting import Encoded, encode_many
+from densepath.sampling.base import left_pad, right_pad
+
+log = logging.getLogger(__name__)
+
+
+class DemoDataset(Dataset):
+    def __init__(self, encoded: list[Encoded]):
+        self.items = encoded
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Encoded:
+        return self.items[i]
+
+
+class Collator:
+    """Prompt LEFT-padded, response RIGHT-padded (the layout of `generate` and of the scorers)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        p, pm = left_pad([it.prompt_ids for it in items], self.pad_id)
+        r, rm = right_pad([it.response_ids for it in items], self.pad_id)
+        return {"prompt_ids": p, "prompt_mask": pm, "response_ids": r, "response_mask": rm}
+
+
+def encode_rows(tokenizer, task, rows: list[dict], max_prompt_len: int, max_response_len: int, split: str) -> list[Encoded]:
+    """Tokenize demonstration rows; over-long rows are an error that names the row and the fix."""
+    if not rows:
+        raise ValueError(f"data split `{split}` is empty: there is nothing to train or evaluate on")
+    enc = encode_many(tokenizer, [(task.messages(r), r["response"]) for r in rows])
+    for i, e in enumerate(enc):
+        if len(e.prompt_ids) > max_prompt_len:
+            raise ValueError(
+                f"data split `{split}` row {i}: prompt is {len(e.prompt_ids)} tokens, over "
+                f"data.max_prompt_len={max_prompt_len}; raise data.max_prompt_len or shorten the prompt"
+            )
+        if len(e.response_ids) > max_response_len:
+            raise ValueError(
+                f"data split `{split}` row {i}: response is {len(e.response_ids)} tokens, over "
+                f"data.max_response_len={max_response_len}; raise it or drop the row"
+            )
+    return enc
+
+
+class DemoDataModule(L.LightningDataModule):
+    """SFT demonstrations (`sft` split) and held-out demonstrations for the validation loss (`val`)."""
+
+    def __init__(self, train: list[Encoded], val: list[Encoded], pad_id: int, batch_size: int, seed: int):
+        super().__init__()
+        self.train_set, self.val_set = DemoDataset(train), DemoDataset(val)
+        self.collate = Collator(pad_id)
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
+            collate_fn=self.collate, drop_last=True, num_workers=0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=256, shuffle=False, collate_fn=self.collate, num_workers=0)

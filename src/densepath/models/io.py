@@ -1,0 +1,56 @@
+"""Saving and loading policies as HF directories (safetensors + tokenizer), with content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_policy(model, tokenizer, path: str | Path) -> dict:
+    """Write `path/` atomically (to `path.tmp`, then rename) and return {path, sha256}.
+
+    A crash mid-write leaves at most a `.tmp` directory, never a half-written policy.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    weights = sorted(path.glob("*.safetensors"))
+    digest = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest()
+    return {"path": str(path), "sha256": digest}
+
+
+def load_policy(path: str | Path, *, dtype=torch.float32, trust_remote_code: bool = False):
+    """Load a saved policy dir (safetensors only; no pickles)."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"checkpoint `{path}` not found (no config.json). Pass the run dir of a finished SFT run "
+            "as parent_run=<dir>, or a saved policy directory."
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tok.padding_side = "left"
+    return model, tok

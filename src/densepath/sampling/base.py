@@ -1,0 +1,93 @@
+"""The sampler interface shared by evaluation and RL, and the padded batch layout it returns.
+
+Layout (project-wide): prompts LEFT-padded, responses RIGHT-padded, exactly what HF `generate`
+returns. The EOS token is a real response token (it is an action and carries reward); tokens after
+EOS are padding (mask 0).
+
+A vLLM sampler plugs in by implementing `Sampler.generate` with the same return type; after each
+optimiser step the RL module calls `sampler.sync_weights(model)` (a no-op for in-process samplers
+that share the policy's parameters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class SampleBatch:
+    prompt_ids: torch.Tensor  # (B*k, P) left-padded
+    prompt_mask: torch.Tensor  # (B*k, P)
+    response_ids: torch.Tensor  # (B*k, T) right-padded
+    response_mask: torch.Tensor  # (B*k, T) 1 on real tokens incl. EOS
+    finished: torch.Tensor  # (B*k,) bool: ended with EOS (False = truncated at max_new_tokens)
+    k: int  # samples per prompt; rows are prompt-major (row i = prompt i // k)
+
+    @property
+    def lengths(self) -> torch.Tensor:  # (B*k,)
+        return self.response_mask.sum(-1)
+
+    def to(self, device) -> SampleBatch:
+        return SampleBatch(
+            self.prompt_ids.to(device),
+            self.prompt_mask.to(device),
+            self.response_ids.to(device),
+            self.response_mask.to(device),
+            self.finished.to(device),
+            self.k,
+        )
+
+
+class Sampler(Protocol):
+    def generate(
+        self,
+        model,
+        prompts: list[list[int]],
+        *,
+        k: int = 1,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        greedy: bool = False,
+    ) -> SampleBatch: ...
+
+    def sync_weights(self, model) -> None: ...
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (ids, mask)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def right_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into (ids, mask); an all-empty batch gets width 1 (all masked)."""
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def mask_after_eos(response_ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep tokens up to and including the first EOS; everything after becomes padding.
+
+    Returns (ids, mask, finished). Vectorised: a cumulative count of EOS seen *before* each position.
+    """
+    is_eos = response_ids == eos_id  # (B, T)
+    seen_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # (B, T)
+    mask = (~seen_before).long()
+    ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, pad_id))
+    finished = is_eos.any(-1)
+    return ids, mask, finished

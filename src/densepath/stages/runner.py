@@ -1,0 +1,75 @@
+"""Runs the stages an `algo` names, in order, in one run dir; prints the final comparison."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from densepath.context import RunContext
+
+log = logging.getLogger(__name__)
+
+# stage name -> "module:function"; each function takes the RunContext and returns its metrics
+STAGES = {
+    "sft": "densepath.stages.sft:run",
+    "recover": "densepath.stages.recover:run",
+    "dpr": "densepath.stages.rl:run_dpr",
+    "rloo": "densepath.stages.rl:run_rloo",
+    "continued_sft": "densepath.stages.continued_sft:run",
+}
+
+
+def _resolve(name: str):
+    if name not in STAGES:
+        raise ValueError(f"algo.stages: unknown stage `{name}`; choose from {sorted(STAGES)}")
+    mod, fn = STAGES[name].split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def _run_name(cfg: DictConfig) -> str:
+    if cfg.get("run_name"):
+        return str(cfg.run_name)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+        return ",".join(o.split(".")[-1] for o in overrides)[:120]
+    except Exception:  # noqa: BLE001 - outside a Hydra app (tests calling directly)
+        return ""
+
+
+def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
+    stages = list(cfg.algo.stages)
+    fns = [_resolve(s) for s in stages]  # fail on a typo before any work
+    ctx = RunContext.create(cfg, run_dir)
+    ctx.run_name = _run_name(cfg)
+    if "sft" not in stages:
+        from densepath.stages.common import load_checked
+
+        _, tok = load_checked(ctx.artefact_dir("sft") / "policy", ctx, "pi_SFT")
+        ctx.set_tokenizer(tok)
+    timings = {}
+    for name, fn in zip(stages, fns):
+        log.info("=== stage %s ===", name)
+        t0 = time.perf_counter()
+        fn(ctx)
+        timings[name] = time.perf_counter() - t0
+        ctx.metrics[f"{name}/time_s"] = timings[name]
+        ctx.flush()
+    headline_key = f"eval/{ctx.task.headline}"
+    last = stages[-1] if stages[-1] != "recover" else (stages[0] if stages[0] != "recover" else None)
+    headline_stage = "dpr" if "dpr" in stages else last
+    if headline_stage and f"{headline_stage}/{headline_key}" in ctx.metrics:
+        ctx.metrics[headline_key] = ctx.metrics[f"{headline_stage}/{headline_key}"]
+        ctx.metrics["headline_stage"] = headline_stage
+    ctx.flush()
+    from densepath.eval.report import print_final_table
+
+    print_final_table(ctx, stages)
+    out = dict(ctx.metrics)
+    out["headline"] = ctx.metrics.get(headline_key)
+    return out
