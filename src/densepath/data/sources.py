@@ -118,7 +118,7 @@ class KnownRewardTask:
         return self._splits
 
     def messages(self, row: dict) -> list[dict]:
-        return []  # the prompt is BOS alone
+        return [{"role": "user", "content": ""}]  # the symbol template renders BOS alone
 
     def corpus(self) -> list[str]:
         return []

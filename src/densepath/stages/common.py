@@ -77,6 +77,12 @@ def evaluate_and_report(ctx, model, *, title: str, splits=("val", "eval"), extra
                 model, ctx.tokenizer, task, rows, sampler, split=split, temperature=ev.temperature, extra=extra
             )
             metrics.update(m)
+            if not task.has_verifier and task.headline == "nll":
+                from densepath.eval.loglik import heldout_nll
+
+                for k, v in heldout_nll(model, ctx.tokenizer, task, rows).items():
+                    metrics[f"{split}/{k}"] = v
+                    metrics[f"{split}/sampled/{k}"] = v  # not sampled: listed there so tables find it
     if hasattr(task, "reference_metrics"):
         metrics.update({f"eval/{k}": v for k, v in task.reference_metrics().items()})
     families = sorted({r["family"] for r in task.splits()["eval"]})

@@ -9,6 +9,7 @@ import lightning as L
 from hydra.utils import instantiate
 
 from densepath.algos.sft import SFTModule
+from densepath.callbacks.reward_recovery import RewardRecoveryCallback
 from densepath.callbacks.snapshots import SnapshotCallback
 from densepath.data.datamodule import DemoDataModule, encode_rows
 from densepath.models.factory import count_params
@@ -40,9 +41,13 @@ def run(ctx) -> dict[str, float]:
         min_lr_ratio=scfg.min_lr_ratio, max_steps=scfg.steps, constant_lr=scfg.constant_lr,
     )
     snaps = SnapshotCallback(stage_dir / "snapshots", list(scfg.snapshot_fractions), scfg.steps, scfg.batch_size, tok)
+    callbacks = [snaps]
+    rr_cfg = cfg.callbacks.get("reward_recovery", {})
+    if rr_cfg.get("enabled", False):
+        callbacks.append(RewardRecoveryCallback(ctx, stage_dir, rr_cfg.get("every_n_val", 0)))
     logger = ctx.tracking.logger(stage_dir, "sft", ctx.run_name, flat_config(cfg)) if ctx.tracking else False
     trainer = make_trainer(
-        ctx, "sft", max_steps=scfg.steps, callbacks=[snaps], logger=logger,
+        ctx, "sft", max_steps=scfg.steps, callbacks=callbacks, logger=logger,
         val_check_interval=min(scfg.val_every, scfg.steps), check_val_every_n_epoch=None,
     )
     t0 = time.perf_counter()
@@ -61,6 +66,9 @@ def run(ctx) -> dict[str, float]:
     for k in ("train/loss", "val/loss"):
         if k in trainer.callback_metrics:
             metrics[k] = float(trainer.callback_metrics[k])
+    for cb in callbacks:
+        if isinstance(cb, RewardRecoveryCallback):
+            metrics.update({f"recovery/{k}": v for k, v in cb.last_metrics.items()})
     metrics.update(evaluate_and_report(ctx, module.model, title="SFT policy on `eval`"))
     manifest = {
         "checkpoints": {"policy": policy, **{f"snapshot_{k}": v for k, v in snaps.saved.items()}},

@@ -1,0 +1,203 @@
+"""Dense-Path REINFORCE (method.md section 4) and its sequence-level control (RLOO).
+
+One training step:
+  1. take `prompts_per_step` prompts from the `rl` split (a DistributedSampler splits them by rank);
+  2. sample k responses each from pi_theta (eval mode, no grad, temperature tau);
+  3. score them with the frozen DenseReward (temperature 1);
+  4. reward-to-go G_t (gamma), or for RLOO the sequence return on every token;
+  5. advantages (leave-one-out over the k samples of a prompt by default), optional whitening;
+  6. REINFORCE loss -(1/N) sum A_t log pi_theta^tau(y_t|.) over generated tokens, + KL to pi_SFT
+     (k3 in the loss, or k1 in the reward), reusing the reward forward's log pi_SFT;
+  7. clip gradients, one optimiser step (or several PPO-style epochs with a clipped ratio).
+
+The module holds the optimisation logic only; sampling, scoring and verification are injected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+from densepath.algos.pg_math import (
+    advantages,
+    k1_in_reward,
+    kl_k3,
+    policy_gradient_loss,
+    reward_to_go,
+    whiten,
+)
+from densepath.rewards.logprobs import response_logprobs
+
+
+def sequence_level_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RLOO control: every real token gets the whole sequence's return. (B, T)"""
+    total = (rewards * mask).sum(-1, keepdim=True)  # (B, 1)
+    return total * mask
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class RLModule(L.LightningModule):
+    def __init__(
+        self,
+        policy,
+        reward,
+        sampler,
+        prompts: list[list[int]],
+        *,
+        k: int = 8,
+        lr: float = 1e-5,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        gamma: float = 1.0,
+        advantage: str = "loo",
+        whiten_advantages: bool = False,
+        norm: str = "seq_mean",
+        kl: str = "k3",
+        kl_coef: float = 1.0,
+        temperature: float = 1.0,
+        max_new_tokens: int = 32,
+        sequence_level: bool = False,
+        ppo_epochs: int = 1,
+        clip_eps: float | None = None,
+        grad_clip: float = 1.0,
+        max_bad_steps: int = 5,
+        verify: Callable | None = None,
+    ):
+        super().__init__()
+        if kl not in ("k1", "k3", "none"):
+            raise ValueError(f"algo.kl={kl!r}: choose k3 (in the loss), k1 (in the reward) or none")
+        if k < 2 and advantage == "loo":
+            raise ValueError("algo.advantage=loo needs algo.k >= 2 samples per prompt")
+        self.policy = policy
+        self.reward = reward
+        self.sampler = sampler
+        self.prompts = prompts
+        self.verify = verify  # (prompt indices, SampleBatch) -> {metric: per-sample values}
+        self.save_hyperparameters(ignore=["policy", "reward", "sampler", "prompts", "verify"])
+        self.automatic_optimization = False
+        self.generated_tokens = 0
+        self.trained_tokens = 0
+        self.bad_steps = 0
+
+    # ------------------------------------------------------------------ pieces
+    def sample(self, prompt_idx: list[int]):
+        hp = self.hparams
+        prompts = [self.prompts[i] for i in prompt_idx]
+        return self.sampler.generate(
+            self.policy, prompts, k=hp.k, max_new_tokens=hp.max_new_tokens, temperature=hp.temperature
+        )
+
+    def policy_logp(self, b) -> torch.Tensor:
+        return response_logprobs(
+            self.policy, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask,
+            temperature=self.hparams.temperature,
+        ).logp
+
+    def advantages_for(self, rewards, mask):
+        hp = self.hparams
+        if hp.sequence_level:
+            returns = sequence_level_returns(rewards, mask)
+        else:
+            returns = reward_to_go(rewards, mask, hp.gamma)
+        adv = advantages(returns, mask, hp.k, hp.advantage)
+        if hp.whiten_advantages:
+            adv = whiten(adv, mask, reduce_fn=self._all_reduce_sum)
+        return returns, adv
+
+    def _all_reduce_sum(self, t: torch.Tensor):
+        if self.trainer is not None and self.trainer.world_size > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+    # ------------------------------------------------------------------ step
+    def training_step(self, batch, batch_idx):
+        hp = self.hparams
+        opt = self.optimizers()
+        t0 = time.perf_counter()
+        prompt_idx = batch.tolist() if torch.is_tensor(batch) else list(batch)
+        b = self.sample(prompt_idx).to(self.device)
+        mask = b.response_mask.float()  # (B, T)
+        t_gen = time.perf_counter()
+        r = self.reward.score_full(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
+        rewards = r.rewards.float()  # (B, T)
+        t_score = time.perf_counter()
+
+        logp = self.policy_logp(b)  # (B, T) with grad
+        old_logp = logp.detach()
+        if hp.kl == "k1" and hp.kl_coef:
+            rewards = k1_in_reward(rewards, old_logp, r.logp_sft.float(), hp.kl_coef, mask=mask)
+        returns, adv = self.advantages_for(rewards, mask)
+        n_seqs = mask.shape[0] * self.trainer.world_size if self.trainer.world_size > 1 else None
+
+        for epoch in range(max(1, hp.ppo_epochs)):
+            if epoch > 0:
+                logp = self.policy_logp(b)
+            kl = kl_k3(logp, r.logp_sft.float()) * mask if hp.kl == "k3" else None
+            loss, stats = policy_gradient_loss(
+                logp, adv, mask, n_seqs=n_seqs, norm=hp.norm, kl=kl,
+                kl_coef=hp.kl_coef if hp.kl == "k3" else 0.0,
+                old_logp=old_logp if hp.clip_eps is not None else None, clip_eps=hp.clip_eps,
+            )
+            if not torch.isfinite(loss):
+                return self._bad_step("loss", opt)
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.grad_clip)
+            if not torch.isfinite(gnorm):
+                return self._bad_step("gradient", opt)
+            opt.step()
+        self.bad_steps = 0
+        t_upd = time.perf_counter()
+
+        n_tok = int(b.response_mask.sum())
+        self.generated_tokens += n_tok
+        self.trained_tokens += n_tok * max(1, hp.ppo_epochs)
+        seq_reward = (r.rewards.float() * mask).sum(-1)  # (B,)
+        log = {
+            "train/reward": seq_reward.mean(),
+            "train/reward_per_token": (r.rewards.float() * mask).sum() / mask.sum().clamp(min=1),
+            "train/return_t0": returns[:, 0].mean(),
+            "train/adv_mean": (adv * mask).sum() / mask.sum().clamp(min=1),
+            "train/adv_std": adv[mask.bool()].std() if mask.sum() > 1 else torch.zeros(()),
+            "train/kl_to_sft": ((old_logp - r.logp_sft.float()) * mask).sum(-1).mean(),
+            "train/entropy_est": -(old_logp * mask).sum() / mask.sum().clamp(min=1),
+            "train/length": mask.sum(-1).mean(),
+            "train/truncated_frac": (~b.finished).float().mean(),
+            "train/grad_norm": gnorm,
+            "train/loss": loss.detach(),
+            "train/tokens_per_s": torch.tensor(n_tok / max(t_upd - t0, 1e-9)),
+            "time/generate_s": torch.tensor(t_gen - t0),
+            "time/score_s": torch.tensor(t_score - t_gen),
+            "time/update_s": torch.tensor(t_upd - t_score),
+        }
+        log.update({f"train/{k}": v for k, v in stats.items() if k in ("clip_frac", "approx_kl_old", "kl_mean")})
+        if self.verify is not None:  # ground truth of the same samples, next to the recovered reward
+            for name, vals in self.verify(prompt_idx, b).items():
+                log[f"train/true_{name}"] = torch.as_tensor(vals, dtype=torch.float32).nanmean()
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in log.items()}, prog_bar=False, sync_dist=True, batch_size=mask.shape[0])
+        self.log("reward", seq_reward.mean(), prog_bar=True, batch_size=mask.shape[0])
+        return loss.detach()
+
+    def _bad_step(self, what: str, opt):
+        opt.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        self.print(f"non-finite {what} at step {self.global_step}: step skipped ({self.bad_steps} in a row)")
+        if self.bad_steps >= self.hparams.max_bad_steps:
+            raise NonFiniteError(
+                f"{self.bad_steps} consecutive non-finite {what}s; stopping. Lower algo.lr, set reward.clip, "
+                "or check the reward models"
+            )
+        return None
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay,
+        )

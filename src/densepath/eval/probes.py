@@ -1,0 +1,240 @@
+"""Reward-recovery probes: does the recovered dense reward find errors and track true returns?
+
+Two families of checks (method.md, evaluation):
+
+* **corruption probes** -- one token of a demonstration is altered; a good dense reward should
+  put its minimum on that token (``detection_rate``) and score altered tokens below clean ones
+  (``corrupted_token_auroc``);
+* **fidelity** -- on a task with a known reward, the recovered sequence returns should correlate
+  with the true returns *within* each policy's samples (the headline; pooled correlation is
+  inflated by between-policy differences, so it is reported but not headline).
+
+All (B, T) inputs are per-token tensors aligned with a response ``mask`` (1 on real tokens).
+Everything is computed in float64 numpy; these are evaluation metrics, not hot training paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _check_bt(rewards: torch.Tensor, mask: torch.Tensor, name: str = "rewards") -> None:
+    """Raise naming the argument when a (B, T) reward tensor does not match its mask."""
+    if rewards.dim() != 2:
+        raise ValueError(
+            f"{name} must be (B, T) but has shape {tuple(rewards.shape)}; pass one row per response."
+        )
+    if rewards.shape != mask.shape:
+        raise ValueError(
+            f"{name} has shape {tuple(rewards.shape)} but its mask has shape {tuple(mask.shape)}; "
+            "pass the response mask aligned with the per-token rewards."
+        )
+
+
+def _check_positions(positions: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
+    """Validate one altered-token index per row that points at a real token; return it as long."""
+    positions = torch.as_tensor(positions).reshape(-1).long()
+    B, T = mask.shape
+    if positions.numel() != B:
+        raise ValueError(
+            f"positions has {positions.numel()} entries but {name} has {B} rows; pass one index per row."
+        )
+    if ((positions < 0) | (positions >= T)).any():
+        bad = int(torch.nonzero((positions < 0) | (positions >= T))[0])
+        raise ValueError(
+            f"positions[{bad}] = {int(positions[bad])} is outside [0, {T}); index the response block."
+        )
+    on_real = mask.bool()[torch.arange(B), positions]
+    if not on_real.all():
+        bad = int(torch.nonzero(~on_real)[0])
+        raise ValueError(
+            f"positions[{bad}] = {int(positions[bad])} points at a padded token of {name} row {bad}; "
+            "the altered token must be a real (mask == 1) response token."
+        )
+    return positions
+
+
+def detection_rate(rewards: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> dict[str, float]:
+    """Fraction of corrupted responses whose lowest-reward real token is the altered one.
+
+    Tie rule: the argmin is the FIRST real token attaining the row minimum, so a tie counts as
+    detected only when the altered token is the earliest of the tied minima. ``chance`` is the
+    rate a reward with a uniformly random argmin would get: mean over rows of ``1 / len_i``.
+    """
+    _check_bt(rewards, mask)
+    m = mask.bool()  # (B, T)
+    lengths = m.sum(dim=1)  # (B,)
+    if (lengths == 0).any():
+        bad = int(torch.nonzero(lengths == 0)[0])
+        raise ValueError(f"row {bad} of mask has no real tokens; drop empty responses before probing.")
+    positions = _check_positions(positions, mask, "rewards")
+    r = rewards.detach().to(torch.float64)
+    r = torch.where(m, r, torch.full_like(r, math.inf))  # padded tokens can never be the minimum
+    # torch.argmin returns the first minimal index, which implements the documented tie rule.
+    first_min = torch.argmin(r, dim=1)  # (B,)
+    hits = (first_min == positions).to(torch.float64)
+    return {
+        "detection_rate": float(hits.mean()),
+        "chance": float((1.0 / lengths.to(torch.float64)).mean()),
+    }
+
+
+def _as_1d_finite(x: np.ndarray, name: str) -> np.ndarray:
+    """1-D float64 copy of ``x``; rank metrics are meaningless with NaN, so reject it early."""
+    a = np.asarray(x, dtype=np.float64).reshape(-1)
+    if np.isnan(a).any():
+        raise ValueError(
+            f"{name} contains NaN at index {int(np.flatnonzero(np.isnan(a))[0])}; drop or fix those scores."
+        )
+    return a
+
+
+def _rankdata(a: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based) with ties sharing their mean rank, in O(n log n)."""
+    sorter = np.argsort(a, kind="mergesort")
+    inv = np.empty_like(sorter)
+    inv[sorter] = np.arange(a.size)
+    s = a[sorter]
+    new_group = np.concatenate(([True], s[1:] != s[:-1]))  # start of each tie group
+    dense = np.cumsum(new_group)[inv]  # 1-based group id per element
+    bounds = np.concatenate((np.flatnonzero(new_group), [a.size]))  # group start offsets + end
+    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
+
+
+def auroc(neg_scores: np.ndarray, pos_scores: np.ndarray) -> float:
+    """P(random positive scores LOWER than random negative), ties count 1/2.
+
+    Positives are corrupted tokens, so a low reward means detected; 1.0 = perfect separation,
+    0.5 = chance. Computed from the Mann-Whitney U of the negatives via average ranks.
+    """
+    neg = _as_1d_finite(neg_scores, "neg_scores")
+    pos = _as_1d_finite(pos_scores, "pos_scores")
+    if neg.size == 0 or pos.size == 0:
+        raise ValueError(
+            f"auroc needs at least one score of each kind, got {neg.size} negatives and {pos.size} positives."
+        )
+    ranks = _rankdata(np.concatenate([neg, pos]))
+    u_neg = ranks[: neg.size].sum() - neg.size * (neg.size + 1) / 2.0  # pairs with neg > pos, ties 1/2
+    return float(u_neg / (neg.size * pos.size))
+
+
+def corrupted_token_auroc(
+    rewards_clean: torch.Tensor,
+    mask_clean: torch.Tensor,
+    rewards_corrupt: torch.Tensor,
+    mask_corrupt: torch.Tensor,
+    positions: torch.Tensor,
+) -> float:
+    """AUROC separating altered tokens (positives) from every real token of clean responses (negatives)."""
+    _check_bt(rewards_clean, mask_clean, "rewards_clean")
+    _check_bt(rewards_corrupt, mask_corrupt, "rewards_corrupt")
+    positions = _check_positions(positions, mask_corrupt, "rewards_corrupt")
+    rc = rewards_corrupt.detach().to(torch.float64)
+    pos = rc[torch.arange(rc.shape[0]), positions]  # (B,)
+    neg = rewards_clean.detach().to(torch.float64)[mask_clean.bool()]  # (N_real,)
+    return auroc(neg.cpu().numpy(), pos.cpu().numpy())
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation in float64; NaN when n < 2 or either side has zero variance."""
+    a = np.asarray(x, dtype=np.float64).reshape(-1)
+    b = np.asarray(y, dtype=np.float64).reshape(-1)
+    if a.size != b.size:
+        raise ValueError(
+            f"pearson needs equal lengths, got {a.size} and {b.size}; pair the samples one to one."
+        )
+    if a.size < 2:
+        return float("nan")
+    da = a - a.mean()
+    db = b - b.mean()
+    sa = math.sqrt(float(np.dot(da, da)))
+    sb = math.sqrt(float(np.dot(db, db)))
+    if sa == 0.0 or sb == 0.0:
+        return float("nan")
+    r = float(np.dot(da, db)) / (sa * sb)
+    return max(-1.0, min(1.0, r))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (Pearson of average ranks); NaN when n < 2 or a side is constant."""
+    a = _as_1d_finite(x, "x")
+    b = _as_1d_finite(y, "y")
+    if a.size != b.size:
+        raise ValueError(
+            f"spearman needs equal lengths, got {a.size} and {b.size}; pair the samples one to one."
+        )
+    if a.size < 2:
+        return float("nan")
+    return pearson(_rankdata(a), _rankdata(b))
+
+
+def fidelity(recovered: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, float]:
+    """Correlation of recovered vs true sequence returns, per policy, pooled and averaged within.
+
+    Within-policy correlation is the headline: pooled numbers are inflated when policies differ
+    in average quality. ``within/*_mean`` averages the per-policy values, skipping NaN ones
+    (a policy with constant returns); it is NaN if every policy is NaN.
+    """
+    if set(recovered) != set(true):
+        raise ValueError(
+            f"recovered has policies {sorted(recovered)} but true has {sorted(true)}; pass the same policy names."
+        )
+    if not recovered:
+        raise ValueError("fidelity needs at least one policy; pass {name: returns} dicts.")
+    out: dict[str, float] = {}
+    rec_all, true_all = [], []
+    per_p, per_s = [], []
+    for name in sorted(recovered):
+        r = np.asarray(recovered[name], dtype=np.float64).reshape(-1)
+        t = np.asarray(true[name], dtype=np.float64).reshape(-1)
+        if r.size != t.size:
+            raise ValueError(
+                f"policy {name!r}: {r.size} recovered returns but {t.size} true returns; pair them one to one."
+            )
+        out[f"{name}/pearson"] = pearson(r, t)
+        out[f"{name}/spearman"] = spearman(r, t)
+        per_p.append(out[f"{name}/pearson"])
+        per_s.append(out[f"{name}/spearman"])
+        rec_all.append(r)
+        true_all.append(t)
+    out["pooled/pearson"] = pearson(np.concatenate(rec_all), np.concatenate(true_all))
+    out["pooled/spearman"] = spearman(np.concatenate(rec_all), np.concatenate(true_all))
+    out["within/pearson_mean"] = _nanmean(per_p)
+    out["within/spearman_mean"] = _nanmean(per_s)
+    return out
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the non-NaN values, NaN (without a numpy warning) when there are none."""
+    finite = [v for v in values if not math.isnan(v)]
+    return float(sum(finite) / len(finite)) if finite else float("nan")
+
+
+def reward_stats(rewards: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Token-level and sequence-sum summary of a reward over real tokens (population std, ddof=0).
+
+    Useful to spot scale drift and length bias (e.g. all-negative raw log-probs).
+    """
+    _check_bt(rewards, mask)
+    m = mask.bool()
+    r = rewards.detach().to(torch.float64)
+    tok = r[m]  # (N_real,)
+    if tok.numel() == 0:
+        raise ValueError("mask has no real tokens; reward_stats needs at least one response token.")
+    seq = torch.where(m, r, torch.zeros_like(r)).sum(dim=1)  # (B,)
+    return {
+        "token_mean": float(tok.mean()),
+        "token_std": float(tok.std(correction=0)),
+        "token_min": float(tok.min()),
+        "token_max": float(tok.max()),
+        "seq_sum_mean": float(seq.mean()),
+        "seq_sum_std": float(seq.std(correction=0)),
+        "n_tokens": float(tok.numel()),
+        "n_sequences": float(seq.numel()),
+    }

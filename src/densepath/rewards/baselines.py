@@ -1,0 +1,150 @@
+"""pi_base for the `log_ratio` / `sparse` rewards (config group `baseline`).
+
+Each baseline resolves its checkpoints from an SFT stage dir and returns per-token log-probs in the
+project layout. Models are frozen (eval mode, no grad) and live on the scorer's device.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from densepath.callbacks.snapshots import snapshot_dir
+from densepath.models.io import load_policy, sha256_file
+from densepath.models.tokenizer import tokenizer_hash
+from densepath.rewards.formulations import ensemble_logp, uniform_logp
+from densepath.rewards.logprobs import full_distribution_logprobs, response_logprobs
+
+log = logging.getLogger(__name__)
+
+
+def freeze(model):
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def available_fractions(sft_dir: Path) -> list[str]:
+    root = Path(sft_dir) / "snapshots"
+    return sorted(p.name.removeprefix("frac_") for p in root.glob("frac_*") if (p / "config.json").exists())
+
+
+def load_frozen(path: Path, tokenizer, role: str, dtype=torch.float32):
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{role}: checkpoint {path} is missing")
+    model, tok = load_policy(path, dtype=dtype)
+    if tokenizer is not None and tokenizer_hash(tok) != tokenizer_hash(tokenizer):
+        raise ValueError(
+            f"tokenizer mismatch: {role} at {path} does not share the policy's tokenizer/vocabulary "
+            f"({len(tok)} vs {len(tokenizer)} tokens); all scorers must come from the policy's SFT run"
+        )
+    return freeze(model)
+
+
+def _describe(path: Path) -> dict:
+    weights = sorted(path.glob("*.safetensors"))
+    return {"path": str(path), "sha256": [sha256_file(w) for w in weights]}
+
+
+class Baseline:
+    """Interface: `load(sft_dir, tokenizer, device)` then `logp(batch...) -> (B, T)`."""
+
+    name = "baseline"
+    models: list
+
+    def load(self, sft_dir: Path, tokenizer, device, dtype=torch.float32) -> Baseline:
+        raise NotImplementedError
+
+    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+@dataclass
+class SnapshotBaseline(Baseline):
+    """The SFT snapshot at `fraction` of the SFT steps (`sft_half` = 0.5, `sft_fraction`)."""
+
+    fraction: float = 0.5
+    chunk_size: int = 1024
+
+    def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
+        path = snapshot_dir(Path(sft_dir) / "snapshots", float(self.fraction))
+        if not (path / "config.json").exists():
+            have = available_fractions(sft_dir)
+            raise FileNotFoundError(
+                f"baseline.fraction={self.fraction}: the SFT run at {sft_dir} saved no snapshot at that "
+                f"fraction; saved fractions: {have or 'none'}. Choose one of them, or rerun SFT with "
+                f"sft.snapshot_fractions=[...,{self.fraction}]"
+            )
+        self.path = path
+        self.model = load_frozen(path, tokenizer, f"baseline snapshot {self.fraction}", dtype).to(device)
+        self.name = f"sft_frac_{float(self.fraction):.2f}"
+        return self
+
+    @torch.no_grad()
+    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask):
+        return response_logprobs(
+            self.model, prompt_ids, prompt_mask, response_ids, response_mask, chunk_size=self.chunk_size
+        ).logp
+
+    def describe(self):
+        return {"name": self.name, "fraction": float(self.fraction), **_describe(self.path)}
+
+
+@dataclass
+class BaseModelBaseline(SnapshotBaseline):
+    """The model before SFT."""
+
+    def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
+        self.path = Path(sft_dir) / "snapshots" / "base"
+        self.model = load_frozen(self.path, tokenizer, "baseline `base` (model before SFT)", dtype).to(device)
+        self.name = "base"
+        return self
+
+    def describe(self):
+        return {"name": "base", **_describe(self.path)}
+
+
+@dataclass
+class UniformBaseline(Baseline):
+    """Uniform over the vocabulary: log pi_base = -log|V|."""
+
+    def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
+        self.vocab_size = len(tokenizer)
+        self.name = "uniform"
+        return self
+
+    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask):
+        return uniform_logp(response_mask, self.vocab_size, dtype=torch.float32)
+
+    def describe(self):
+        return {"name": "uniform", "vocab_size": self.vocab_size}
+
+
+@dataclass
+class EnsembleBaseline(Baseline):
+    """Normalised geometric mean of several snapshots (materialises (B, T, V) per member: small vocabularies)."""
+
+    fractions: list = field(default_factory=lambda: [0.25, 0.5, 0.75])
+
+    def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
+        self.members = [SnapshotBaseline(f).load(sft_dir, tokenizer, device, dtype) for f in self.fractions]
+        self.name = "ensemble_" + "_".join(f"{float(f):.2f}" for f in self.fractions)
+        return self
+
+    @torch.no_grad()
+    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask):
+        full = [
+            full_distribution_logprobs(m.model, prompt_ids, prompt_mask, response_ids, response_mask)
+            for m in self.members
+        ]
+        return ensemble_logp(full, response_ids, response_mask)
+
+    def describe(self):
+        return {"name": self.name, "members": [m.describe() for m in self.members]}
