@@ -90,6 +90,9 @@ def test_full_pipeline_tiny(tmp_path: Path, capsys):
     assert set(man["stages"]) == {"sft", "recover", "dpr", "continued_sft", "rloo"}
     assert Path(man["checkpoints"]["dpr/best"]["path"]).is_dir()
     assert Path(man["checkpoints"]["dpr/last"]["path"]).is_dir()
+    # the per-step sample table / heatmap of the RL stages
+    html = (run_dir / "dpr" / "samples" / "step_00000.html").read_text()
+    assert html.count('class="tok"') > 0 and "advantages" in html
 
 
 @pytest.mark.parametrize("algo", ["dpr", "rloo", "continued_sft"])

@@ -84,6 +84,8 @@ class RLModule(L.LightningModule):
         self.generated_tokens = 0
         self.trained_tokens = 0
         self.bad_steps = 0
+        self.keep_samples = 8
+        self.last_samples: dict | None = None
 
     # ------------------------------------------------------------------ pieces
     def sample(self, prompt_idx: list[int]):
@@ -120,6 +122,7 @@ class RLModule(L.LightningModule):
         hp = self.hparams
         opt = self.optimizers()
         t0 = time.perf_counter()
+        step = self.global_step  # before the optimiser step increments it
         prompt_idx = batch.tolist() if torch.is_tensor(batch) else list(batch)
         b = self.sample(prompt_idx).to(self.device)
         mask = b.response_mask.float()  # (B, T)
@@ -177,9 +180,20 @@ class RLModule(L.LightningModule):
             "time/update_s": torch.tensor(t_upd - t_score),
         }
         log.update({f"train/{k}": v for k, v in stats.items() if k in ("clip_frac", "approx_kl_old", "kl_mean")})
-        if self.verify is not None:  # ground truth of the same samples, next to the recovered reward
-            for name, vals in self.verify(prompt_idx, b).items():
-                log[f"train/true_{name}"] = torch.as_tensor(vals, dtype=torch.float32).nanmean()
+        truth = self.verify(prompt_idx, b) if self.verify is not None else {}
+        for name, vals in truth.items():  # ground truth of the same samples, next to the recovered reward
+            log[f"train/true_{name}"] = torch.as_tensor(vals, dtype=torch.float32).nanmean()
+        n_keep = min(self.keep_samples, mask.shape[0])
+        self.last_samples = {  # a few rows for the sample table / heatmap callback (CPU, detached)
+            "step": step,
+            "prompt_ids": b.prompt_ids[:n_keep].cpu(),
+            "prompt_mask": b.prompt_mask[:n_keep].cpu(),
+            "response_ids": b.response_ids[:n_keep].cpu(),
+            "response_mask": b.response_mask[:n_keep].cpu(),
+            "rewards": r.rewards[:n_keep].float().cpu(),
+            "advantages": adv[:n_keep].detach().float().cpu(),
+            "truth": {k: list(v[:n_keep]) for k, v in truth.items()},
+        }
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in log.items()}, prog_bar=False, sync_dist=True, batch_size=mask.shape[0])
         self.log("reward", seq_reward.mean(), prog_bar=True, batch_size=mask.shape[0])
         return loss.detach()

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from densepath.algos.rl import RLModule
+from densepath.callbacks.samples import SampleTableCallback
 from densepath.callbacks.val_eval import ValEvalCallback, val_headline_fn
 from densepath.data.formatting import encode_prompt
 from densepath.models.io import load_policy, save_policy
@@ -87,7 +88,8 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
     g = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(list(range(len(prompts))), batch_size=acfg.prompts_per_step, shuffle=True, generator=g, drop_last=True)
     logger = ctx.tracking.logger(stage_dir, stage, ctx.run_name, flat_config(cfg)) if ctx.tracking else False
-    trainer = make_trainer(ctx, stage, max_steps=acfg.steps, callbacks=[val_cb], logger=logger, gradient_clip_val=None)
+    samples_cb = SampleTableCallback(ctx.tokenizer, stage_dir / "samples", acfg.sample_table_every, ctx.tracking)
+    trainer = make_trainer(ctx, stage, max_steps=acfg.steps, callbacks=[val_cb, samples_cb], logger=logger, gradient_clip_val=None)
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)
     train_time = time.perf_counter() - t0
