@@ -21,9 +21,10 @@ def compose_cfg(overrides: list[str], tmp_path: Path | None = None):
     """The real config with `overrides`; caches go under tmp_path when given."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         extra = []
-        if tmp_path is not None and not any(o.startswith("data.cache_dir") for o in overrides):
-            if not any(o.startswith("data=") and o not in ("data=toy",) for o in overrides):
-                extra.append(f"data.cache_dir={tmp_path / 'cache'}")
+        own_cache = any(o.startswith("data.cache_dir") for o in overrides)
+        non_toy = any(o.startswith("data=") and o != "data=toy" for o in overrides)
+        if tmp_path is not None and not own_cache and not non_toy:
+            extra.append(f"data.cache_dir={tmp_path / 'cache'}")
         return compose(config_name="config", overrides=list(overrides) + extra)
 
 
@@ -41,3 +42,22 @@ def sft_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("sft_run") / "run"
     run_cfg(["debug=tiny", "algo=sft", "sft.snapshot_fractions=[0.25,0.5,0.75]"], run_dir)
     return run_dir
+
+
+def tiny_llama(seed: int = 0, vocab: int = 37):
+    """A float64 ~50k-parameter Llama for exact reference tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).double().eval()

@@ -6,8 +6,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import compose_cfg, run_cfg
 from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from conftest import compose_cfg, run_cfg
 
 
 def _digest(root: Path) -> str:
@@ -53,7 +54,16 @@ def test_missing_checkpoint_file(sft_run: Path, tmp_path: Path):
 def test_baseline_fraction_not_saved_lists_saved_ones(sft_run: Path, tmp_path: Path):
     before = _digest(sft_run)
     with pytest.raises(FileNotFoundError) as e:
-        run_cfg(["debug=tiny", "algo=recover", "baseline=sft_fraction", "baseline.fraction=0.3", f"parent_run={sft_run}"], tmp_path / "r")
+        run_cfg(
+            [
+                "debug=tiny",
+                "algo=recover",
+                "baseline=sft_fraction",
+                "baseline.fraction=0.3",
+                f"parent_run={sft_run}",
+            ],
+            tmp_path / "r",
+        )
     msg = str(e.value)
     assert "0.3" in msg and "0.25" in msg and "0.50" in msg and "sft.snapshot_fractions" in msg
     assert _digest(sft_run) == before
@@ -69,7 +79,9 @@ def test_tokenizer_mismatch_between_policy_and_scorer(sft_run: Path, tmp_path: P
 
 
 def test_prompt_longer_than_max_names_row_and_fix(tmp_path: Path):
-    with pytest.raises(ValueError, match=r"split `sft` row 0: prompt is \d+ tokens, over data.max_prompt_len=3"):
+    with pytest.raises(
+        ValueError, match=r"split `sft` row 0: prompt is \d+ tokens, over data.max_prompt_len=3"
+    ):
         run_cfg(["debug=tiny", "algo=sft", "data.max_prompt_len=3"], tmp_path / "r")
 
 

@@ -17,13 +17,30 @@ from densepath.data.formatting import encode_pair  # noqa: E402
 from densepath.models.tokenizer import train_bpe_tokenizer  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-WORDS = ["alpha", "beta", "gamma", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike"]
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+]
 
 
 def _msgs_row(i: int) -> dict:
     """Row i; prompts repeat every 30 rows so several rows share a prompt (tests grouping)."""
     p = i % 30
-    conv = [{"role": "user", "content": f"say {WORDS[p % 13]} {p}"}, {"role": "assistant", "content": f"{WORDS[i % 13]} {i}"}]
+    conv = [
+        {"role": "user", "content": f"say {WORDS[p % 13]} {p}"},
+        {"role": "assistant", "content": f"{WORDS[i % 13]} {i}"},
+    ]
     if p % 3 == 0:  # multi-turn with a system prompt
         conv = [
             {"role": "system", "content": "be brief"},
@@ -73,8 +90,12 @@ def test_messages_file_splits_disjoint_deterministic_cover(msgs_file, tmp_path):
 
 
 def test_prompt_response_file_and_family(tmp_path):
-    rows = [{"prompt": f"q {i}", "response": f"a {i}", "family": "math" if i % 2 else "code"} for i in range(20)]
-    task = JsonlTask(path=str(_write(tmp_path / "pr.jsonl", rows)), val_fraction=0.1, eval_fraction=0.1, rl_fraction=0.1)
+    rows = [
+        {"prompt": f"q {i}", "response": f"a {i}", "family": "math" if i % 2 else "code"} for i in range(20)
+    ]
+    task = JsonlTask(
+        path=str(_write(tmp_path / "pr.jsonl", rows)), val_fraction=0.1, eval_fraction=0.1, rl_fraction=0.1
+    )
     s = task.splits()
     assert {k: len(v) for k, v in s.items()} == {"val": 2, "eval": 2, "rl": 2, "sft": 14}
     r = s["sft"][0]
@@ -86,7 +107,9 @@ def test_prompt_response_file_and_family(tmp_path):
 def test_encoding_masks_only_final_answer(msgs_file, tmp_path):
     task = JsonlTask(path=str(msgs_file))
     tok = train_bpe_tokenizer(task.corpus(), 256, tmp_path)
-    gen = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False)
+    gen = tok.apply_chat_template(
+        [{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False
+    )
     gen_id = tok.convert_tokens_to_ids("<|assistant|>")
     multi = [r for v in task.splits().values() for r in v if len(task.messages(r)) == 4]
     assert multi and gen.endswith("<|assistant|>")
@@ -121,29 +144,92 @@ def _good(i=0):
 BAD = [
     # (name, lines or bytes, expected substrings)
     ("bad_json", [_good(0), "{not json"], ["bad_json.jsonl line 2", "invalid JSON"]),
-    ("missing", [_good(0), _good(1), json.dumps({"text": "x"})], ["line 3", '"messages" is missing', '"prompt"+"response"']),
+    (
+        "missing",
+        [_good(0), _good(1), json.dumps({"text": "x"})],
+        ["line 3", '"messages" is missing', '"prompt"+"response"'],
+    ),
     ("no_response", [json.dumps({"prompt": "x"})], ["line 1", '"response" is missing']),
     ("msgs_type", [json.dumps({"messages": "hello"})], ["line 1", '"messages" must be a non-empty list']),
-    ("content_type", [json.dumps({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]})],
-     ["line 1", "content must be a string"]),
-    ("bad_role", [json.dumps({"messages": [{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]})],
-     ["line 1", "'human'", "use one of"]),
-    ("resp_type", [_good(0), json.dumps({"prompt": "q", "response": 5})], ["line 2", '"response" must be a string']),
-    ("empty_answer", [_good(i) for i in range(4)] + [json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]})],
-     ["line 5", "the assistant answer is empty", "drop the row"]),
-    ("empty_response", [json.dumps({"prompt": "q", "response": ""})], ["line 1", "the assistant answer is empty"]),
-    ("last_user", [json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "more"}]})],
-     ["line 1", "must be the assistant's answer"]),
-    ("only_answer", [json.dumps({"messages": [{"role": "assistant", "content": "a"}]})], ["line 1", "prompt is empty", "add the user turn"]),
+    (
+        "content_type",
+        [json.dumps({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]})],
+        ["line 1", "content must be a string"],
+    ),
+    (
+        "bad_role",
+        [
+            json.dumps(
+                {"messages": [{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]}
+            )
+        ],
+        ["line 1", "'human'", "use one of"],
+    ),
+    (
+        "resp_type",
+        [_good(0), json.dumps({"prompt": "q", "response": 5})],
+        ["line 2", '"response" must be a string'],
+    ),
+    (
+        "empty_answer",
+        [_good(i) for i in range(4)]
+        + [
+            json.dumps(
+                {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}
+            )
+        ],
+        ["line 5", "the assistant answer is empty", "drop the row"],
+    ),
+    (
+        "empty_response",
+        [json.dumps({"prompt": "q", "response": ""})],
+        ["line 1", "the assistant answer is empty"],
+    ),
+    (
+        "last_user",
+        [
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a"},
+                        {"role": "user", "content": "more"},
+                    ]
+                }
+            )
+        ],
+        ["line 1", "must be the assistant's answer"],
+    ),
+    (
+        "only_answer",
+        [json.dumps({"messages": [{"role": "assistant", "content": "a"}]})],
+        ["line 1", "prompt is empty", "add the user turn"],
+    ),
     ("not_object", [json.dumps([1, 2])], ["line 1", "expected a JSON object"]),
-    ("family_type", [json.dumps({"prompt": "q", "response": "a", "family": 3})], ["line 1", '"family" must be a non-empty string']),
-    ("both_styles", [json.dumps({"prompt": "q", "response": "a", "messages": []})], ["line 1", "keep one style"]),
-    ("latin1", (_good(0) + "\n" + _good(1) + "\n").encode() + '{"prompt": "caf\u00e9", "response": "x"}\n'.encode("latin-1"),
-     ["latin1.jsonl is not valid UTF-8", "line 3", "byte offset", "re-encode the file as UTF-8"]),
+    (
+        "family_type",
+        [json.dumps({"prompt": "q", "response": "a", "family": 3})],
+        ["line 1", '"family" must be a non-empty string'],
+    ),
+    (
+        "both_styles",
+        [json.dumps({"prompt": "q", "response": "a", "messages": []})],
+        ["line 1", "keep one style"],
+    ),
+    (
+        "latin1",
+        (_good(0) + "\n" + _good(1) + "\n").encode()
+        + '{"prompt": "caf\u00e9", "response": "x"}\n'.encode("latin-1"),
+        ["latin1.jsonl is not valid UTF-8", "line 3", "byte offset", "re-encode the file as UTF-8"],
+    ),
     ("empty", b"", ["empty.jsonl is empty"]),
     ("blank", b"\n  \n\n", ["blank.jsonl", "has no rows"]),
     ("too_small", [_good(i) for i in range(3)], ["too_small.jsonl has 3 distinct prompt", "add rows"]),
-    ("dup_prompts", [json.dumps({"prompt": "same", "response": f"r{i}"}) for i in range(10)], ["1 distinct prompt", "add rows"]),
+    (
+        "dup_prompts",
+        [json.dumps({"prompt": "same", "response": f"r{i}"}) for i in range(10)],
+        ["1 distinct prompt", "add rows"],
+    ),
 ]
 
 
@@ -199,14 +285,20 @@ def test_hf_messages_and_prompt_response_columns(tmp_path):
     d2 = tmp_path / "ds_dict"
     rows = [{"question": f"q {i}", "answer": f"a {i}", "topic": "t"} for i in range(30)]
     datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(d2))
-    task = HFDatasetTask(name_or_path=str(d2), columns={"prompt": "question", "response": "answer", "family": "topic"}, max_rows=20)
+    task = HFDatasetTask(
+        name_or_path=str(d2),
+        columns={"prompt": "question", "response": "answer", "family": "topic"},
+        max_rows=20,
+    )
     s = task.splits()
     assert sum(len(v) for v in s.values()) == 20
     r = s["sft"][0]
     assert task.messages(r) == [{"role": "user", "content": r["prompt"]}] and r["family"] == "t"
     assert r["response"] == "a " + r["prompt"].split()[1]
     with pytest.raises(ValueError, match=r"no split 'test'.*\['train'\]"):
-        HFDatasetTask(name_or_path=str(d2), split="test", columns={"prompt": "question", "response": "answer"}).splits()
+        HFDatasetTask(
+            name_or_path=str(d2), split="test", columns={"prompt": "question", "response": "answer"}
+        ).splits()
 
 
 def test_hf_errors_name_dataset_row_column(tmp_path):
@@ -248,7 +340,9 @@ def test_compose_real_configs(msgs_file, tmp_path):
 
     d = tmp_path / "ds"
     datasets.Dataset.from_list([{"q": f"q {i}", "a": f"a {i}"} for i in range(20)]).save_to_disk(str(d))
-    cfg = _compose(["data=hf", f"data.name_or_path={d}", "~data.columns", "+data.columns={prompt: q, response: a}"])
+    cfg = _compose(
+        ["data=hf", f"data.name_or_path={d}", "~data.columns", "+data.columns={prompt: q, response: a}"]
+    )
     task = instantiate(cfg.data)
     assert isinstance(task, HFDatasetTask) and sum(len(v) for v in task.splits().values()) == 20
 
@@ -257,10 +351,17 @@ def test_end_to_end_tiny_sft_on_jsonl(msgs_file, tmp_path):
     from densepath.stages.runner import run_stages
 
     # the whole chain, recovery included (held-out demo reward statistics: no verifier, no probe)
-    cfg = _compose([
-        "debug=tiny", "algo=pipeline", "data=jsonl", f"data.path={msgs_file}", f"data.cache_dir={tmp_path}",
-        "eval.val_size=4", "eval.eval_size=4",
-    ])
+    cfg = _compose(
+        [
+            "debug=tiny",
+            "algo=pipeline",
+            "data=jsonl",
+            f"data.path={msgs_file}",
+            f"data.cache_dir={tmp_path}",
+            "eval.val_size=4",
+            "eval.eval_size=4",
+        ]
+    )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     run_stages(cfg, run_dir)
@@ -269,4 +370,7 @@ def test_end_to_end_tiny_sft_on_jsonl(msgs_file, tmp_path):
     assert "dpr/eval/nll" in metrics
     for k in ("sft/train/loss", "sft/val/loss", "sft/eval/nll"):
         assert k in metrics, sorted(metrics)
-        assert 0.0 < metrics[k] < 20.0, (k, metrics[k])  # finite; a 256-token BPE gives ~log(256)=5.5 untrained
+        assert 0.0 < metrics[k] < 20.0, (
+            k,
+            metrics[k],
+        )  # finite; a 256-token BPE gives ~log(256)=5.5 untrained

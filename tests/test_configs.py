@@ -6,20 +6,39 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CONF, compose_cfg, run_cfg
 from hydra.utils import instantiate
+
+from conftest import CONF, compose_cfg, run_cfg
 
 
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-ALL = {g: _options(g) for g in ("model", "data", "sampler", "baseline", "reward", "algo", "trainer", "logger", "callbacks", "debug")}
+ALL = {
+    g: _options(g)
+    for g in (
+        "model",
+        "data",
+        "sampler",
+        "baseline",
+        "reward",
+        "algo",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+    )
+}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in ALL.items() for o in opts])
 def test_every_option_composes(group: str, option: str, tmp_path: Path):
-    extra = {"model/hf": ["model.path=/nonexistent"], "data/jsonl": ["data.path=x.jsonl"], "data/hf": ["data.name_or_path=x"]}
+    extra = {
+        "model/hf": ["model.path=/nonexistent"],
+        "data/jsonl": ["data.path=x.jsonl"],
+        "data/hf": ["data.name_or_path=x"],
+    }
     cfg = compose_cfg([f"{group}={option}", *extra.get(f"{group}/{option}", [])], None)
     assert cfg[group] is not None if group not in ("debug",) else True
     assert "_target_" in cfg.model and "stages" in cfg.algo
@@ -36,7 +55,14 @@ def test_group_option_lists_are_the_documented_ones():
 @pytest.mark.parametrize("reward", ["log_ratio", "sparse"])
 def test_every_baseline_scores(sft_run: Path, tmp_path: Path, baseline: str, reward: str):
     run_dir = tmp_path / "r"
-    over = ["debug=tiny", "algo=recover", "recover.compare_all=false", f"baseline={baseline}", f"reward={reward}", f"parent_run={sft_run}"]
+    over = [
+        "debug=tiny",
+        "algo=recover",
+        "recover.compare_all=false",
+        f"baseline={baseline}",
+        f"reward={reward}",
+        f"parent_run={sft_run}",
+    ]
     if baseline == "sft_fraction":
         over.append("baseline.fraction=0.75")
     run_cfg(over, run_dir)
@@ -57,7 +83,9 @@ def test_every_reward_trains_one_dpr_step(sft_run: Path, tmp_path: Path, reward:
 @pytest.mark.parametrize("logger", ["csv", "none", "wandb"])
 def test_loggers_run(tmp_path: Path, logger: str):
     run_dir = tmp_path / "l"
-    run_cfg(["debug=tiny", "algo=sft", f"logger={logger}", "callbacks.reward_recovery.enabled=false"], run_dir)
+    run_cfg(
+        ["debug=tiny", "algo=sft", f"logger={logger}", "callbacks.reward_recovery.enabled=false"], run_dir
+    )
     if logger == "csv":
         assert (run_dir / "sft" / "csv" / "metrics.csv").exists()
     if logger == "wandb":
@@ -66,7 +94,16 @@ def test_loggers_run(tmp_path: Path, logger: str):
 
 def test_hf_model_from_a_local_dir_runs(sft_run: Path, tmp_path: Path):
     run_dir = tmp_path / "h"
-    run_cfg(["debug=tiny", "algo=sft", "model=hf", f"model.path={sft_run / 'sft' / 'policy'}", "callbacks.reward_recovery.enabled=false"], run_dir)
+    run_cfg(
+        [
+            "debug=tiny",
+            "algo=sft",
+            "model=hf",
+            f"model.path={sft_run / 'sft' / 'policy'}",
+            "callbacks.reward_recovery.enabled=false",
+        ],
+        run_dir,
+    )
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["sft/train/steps"] == 8
 

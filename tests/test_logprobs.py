@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from conftest import tiny_llama
 from densepath.rewards.logprobs import (
     TokenLogProbs,
     build_inputs,
@@ -19,18 +20,7 @@ PAD, BOS, EOS = 0, 1, 2
 
 
 def _tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).double().eval()
+    return tiny_llama(seed, VOCAB)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_cfg
 
+from conftest import run_cfg
 from densepath.models.io import load_policy, save_policy
 
 
@@ -21,7 +21,12 @@ def test_sft_run_writes_policy_snapshots_manifest(sft_run: Path):
     m = _json(sft_run / "metrics.json")
     man = _json(sft_run / "manifest.json")
     assert m["sft/train/steps"] == 8
-    for key in ("sft/eval/success", "sft/eval/greedy/success", "sft/eval/sampled/success_lo", "sft/val/sampled/success"):
+    for key in (
+        "sft/eval/success",
+        "sft/eval/greedy/success",
+        "sft/eval/sampled/success_lo",
+        "sft/val/sampled/success",
+    ):
         assert key in m, key
     assert 0.0 <= m["sft/eval/success"] <= 1.0
     # snapshots at 0.25/0.5/0.75 of 8 steps -> steps 2, 4, 6; plus the model before SFT
@@ -67,7 +72,17 @@ def test_recover_stage_alone_from_parent_run(sft_run: Path, tmp_path: Path, caps
 
 def test_logprob_reward_records_baseline_none(sft_run: Path, tmp_path: Path):
     run_dir = tmp_path / "rec"
-    run_cfg(["debug=tiny", "algo=recover", "reward=logprob", "baseline=uniform", "recover.compare_all=false", f"parent_run={sft_run}"], run_dir)
+    run_cfg(
+        [
+            "debug=tiny",
+            "algo=recover",
+            "reward=logprob",
+            "baseline=uniform",
+            "recover.compare_all=false",
+            f"parent_run={sft_run}",
+        ],
+        run_dir,
+    )
     man = _json(run_dir / "manifest.json")
     assert man["stages"]["recover"]["baseline"] == "none"
     assert _json(run_dir / "recover" / "reward_manifest.json")["baseline"] == "none"
@@ -85,7 +100,10 @@ def test_full_pipeline_tiny(tmp_path: Path, capsys):
     # compute report and the compute-matched control
     assert m["dpr/train/steps"] == 2 and m["dpr/train/generated_tokens"] > 0
     assert m["continued_sft/train/steps"] == m["dpr/train/steps"]
-    assert abs(m["continued_sft/train/trained_tokens"] - m["dpr/train/trained_tokens"]) <= 0.1 * m["dpr/train/trained_tokens"] + 12
+    assert (
+        abs(m["continued_sft/train/trained_tokens"] - m["dpr/train/trained_tokens"])
+        <= 0.1 * m["dpr/train/trained_tokens"] + 12
+    )
     man = _json(run_dir / "manifest.json")
     assert set(man["stages"]) == {"sft", "recover", "dpr", "continued_sft", "rloo"}
     assert Path(man["checkpoints"]["dpr/best"]["path"]).is_dir()

@@ -8,24 +8,35 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cfg
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import run_cfg
 from densepath.algos.sft import sft_loss, warmup_cosine
 from densepath.data.datamodule import Collator
 from densepath.data.formatting import Encoded
 
 
 def _model(vocab=23):
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).double().eval()
 
 
 def test_sft_loss_equals_manual_masked_cross_entropy():
     model = _model()
-    items = [Encoded([1, 4, 5], [7, 8, 2]), Encoded([1, 6], [9, 2]), Encoded([1, 4, 4, 5, 6], [10, 11, 12, 2])]
+    items = [
+        Encoded([1, 4, 5], [7, 8, 2]),
+        Encoded([1, 6], [9, 2]),
+        Encoded([1, 4, 4, 5, 6], [10, 11, 12, 2]),
+    ]
     batch = Collator(pad_id=0)(items)
     loss, n_tok = sft_loss(model, batch)
     # reference: each sequence alone, unpadded, full logits, CE only on response tokens
@@ -69,9 +80,18 @@ def test_warmup_cosine_schedule():
 def test_short_sft_lowers_heldout_loss_and_learns_the_easiest_family(tmp_path: Path):
     run_dir = tmp_path / "sft"
     run_cfg(
-        ["algo=sft", "data.families=[upper,sort]", "sft.steps=250", "sft.val_every=50", "sft.batch_size=32",
-         "data.sizes={sft: 8000, rl: 64, val: 128, eval: 128}", "eval.val_size=128", "eval.eval_size=128",
-         "callbacks.reward_recovery.enabled=false", "trainer.enable_progress_bar=false"],
+        [
+            "algo=sft",
+            "data.families=[upper,sort]",
+            "sft.steps=250",
+            "sft.val_every=50",
+            "sft.batch_size=32",
+            "data.sizes={sft: 8000, rl: 64, val: 128, eval: 128}",
+            "eval.val_size=128",
+            "eval.eval_size=128",
+            "callbacks.reward_recovery.enabled=false",
+            "trainer.enable_progress_bar=false",
+        ],
         run_dir,
     )
     rows = (run_dir / "sft" / "csv" / "metrics.csv").read_text().splitlines()

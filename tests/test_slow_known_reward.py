@@ -7,14 +7,28 @@ import math
 from pathlib import Path
 
 import pytest
+
 from conftest import run_cfg
 
 KR = [
-    "data=known_reward", "data.sizes={sft: 20000, rl: 512, val: 256, eval: 512}",
-    "model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=4", "model.intermediate_size=176",
-    "sft.steps=1200", "sft.batch_size=64", "sft.lr=3e-3", "sft.val_every=400", "sft.val_size=256",
-    "eval.val_size=256", "eval.eval_size=512", "recover.fidelity_samples=512", "sampler.max_new_tokens=9",
-    "trainer.enable_progress_bar=false", "trainer.precision=32-true",
+    "data=known_reward",
+    "data.sizes={sft: 20000, rl: 512, val: 256, eval: 512}",
+    "model.hidden_size=64",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.num_kv_heads=4",
+    "model.intermediate_size=176",
+    "sft.steps=1200",
+    "sft.batch_size=64",
+    "sft.lr=3e-3",
+    "sft.val_every=400",
+    "sft.val_size=256",
+    "eval.val_size=256",
+    "eval.eval_size=512",
+    "recover.fidelity_samples=512",
+    "sampler.max_new_tokens=9",
+    "trainer.enable_progress_bar=false",
+    "trainer.precision=32-true",
 ]
 
 
@@ -40,12 +54,30 @@ def test_planted_fidelity_logprob_within_expert(kr_sft: Path, tmp_path: Path):
 def test_dpr_on_logprob_beats_sft_true_return(kr_sft: Path, tmp_path: Path):
     run_dir = tmp_path / "dpr"
     run_cfg(
-        [*KR, "algo=dpr", "reward=logprob", "algo.kl=none", "algo.lr=1e-3", "algo.steps=60",
-         "algo.prompts_per_step=16", "algo.k=8", "algo.val_every=20", "algo.val_size=256", f"parent_run={kr_sft}"],
+        [
+            *KR,
+            "algo=dpr",
+            "reward=logprob",
+            "algo.kl=none",
+            "algo.lr=1e-3",
+            "algo.steps=60",
+            "algo.prompts_per_step=16",
+            "algo.k=8",
+            "algo.val_every=20",
+            "algo.val_size=256",
+            f"parent_run={kr_sft}",
+        ],
         run_dir,
     )
     m = json.loads((run_dir / "metrics.json").read_text())
     sft = json.loads((kr_sft / "metrics.json").read_text())
-    se = lambda d, p: (d[f"{p}/eval/sampled/true_return_hi"] - d[f"{p}/eval/sampled/true_return_lo"]) / (2 * 1.96)  # noqa: E731
+
+    def se(d, p):  # the CI is mean +- 1.96 SE
+        return (d[f"{p}/eval/sampled/true_return_hi"] - d[f"{p}/eval/sampled/true_return_lo"]) / (2 * 1.96)
+
     diff = m["dpr/eval/sampled/true_return"] - sft["sft/eval/sampled/true_return"]
+    print(
+        f"true return: SFT {sft['sft/eval/sampled/true_return']:.3f}, DPR {m['dpr/eval/sampled/true_return']:.3f}, "
+        f"expert {sft['sft/eval/expert_true_return']:.3f}"
+    )
     assert diff > 3 * math.hypot(se(m, "dpr"), se(sft, "sft")), (diff, m["dpr/eval/sampled/true_return"])

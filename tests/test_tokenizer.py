@@ -54,7 +54,9 @@ def test_cache_returns_the_same_tokenizer(tmp_path):
     t1 = train_bpe_tokenizer(texts, 200, tmp_path)
     t2 = train_bpe_tokenizer(texts, 200, tmp_path)
     assert tokenizer_hash(t1) == tokenizer_hash(t2)
-    assert tokenizer_hash(train_bpe_tokenizer(texts + ["brand new words here"] * 10, 200, tmp_path)) != tokenizer_hash(t1)
+    assert tokenizer_hash(
+        train_bpe_tokenizer(texts + ["brand new words here"] * 10, 200, tmp_path)
+    ) != tokenizer_hash(t1)
 
 
 def test_symbol_tokenizer_prompt_is_bos_only():

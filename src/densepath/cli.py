@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 
 def _conf_dir() -> str:
@@ -27,9 +27,7 @@ def _set_offline(cfg: DictConfig) -> None:
     Must run before transformers / datasets are imported (they read these at import time).
     """
     path = str(cfg.model.get("path", "") or "") + " " + str(cfg.data.get("name_or_path", "") or "")
-    wants_hub = any(
-        re.fullmatch(r"[\w.-]+/[\w.-]+", p) and not Path(p).exists() for p in path.split() if p
-    )
+    wants_hub = any(re.fullmatch(r"[\w.-]+/[\w.-]+", p) and not Path(p).exists() for p in path.split() if p)
     if not wants_hub:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -53,7 +53,9 @@ def _json_safe(v):
 
 def atomic_write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({k: _json_safe(v) for k, v in data.items()}, indent=2, sort_keys=True, default=str))
+    tmp.write_text(
+        json.dumps({k: _json_safe(v) for k, v in data.items()}, indent=2, sort_keys=True, default=str)
+    )
     os.replace(tmp, path)
 
 
@@ -102,7 +104,9 @@ class RunContext:
             return mine
         if self.parent_run is not None:
             for cand in (self.parent_run / stage, self.parent_run):
-                if (cand / "manifest.json").exists() and json.loads((cand / "manifest.json").read_text()).get("stage") == stage:
+                if (cand / "manifest.json").exists() and json.loads((cand / "manifest.json").read_text()).get(
+                    "stage"
+                ) == stage:
                     return cand
         raise FileNotFoundError(
             f"stage `{stage}` has no artefacts in {self.run_dir}"

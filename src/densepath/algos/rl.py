@@ -97,7 +97,11 @@ class RLModule(L.LightningModule):
 
     def policy_logp(self, b) -> torch.Tensor:
         return response_logprobs(
-            self.policy, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask,
+            self.policy,
+            b.prompt_ids,
+            b.prompt_mask,
+            b.response_ids,
+            b.response_mask,
             temperature=self.hparams.temperature,
         ).logp
 
@@ -143,9 +147,15 @@ class RLModule(L.LightningModule):
                 logp = self.policy_logp(b)
             kl = kl_k3(logp, r.logp_sft.float()) * mask if hp.kl == "k3" else None
             loss, stats = policy_gradient_loss(
-                logp, adv, mask, n_seqs=n_seqs, norm=hp.norm, kl=kl,
+                logp,
+                adv,
+                mask,
+                n_seqs=n_seqs,
+                norm=hp.norm,
+                kl=kl,
                 kl_coef=hp.kl_coef if hp.kl == "k3" else 0.0,
-                old_logp=old_logp if hp.clip_eps is not None else None, clip_eps=hp.clip_eps,
+                old_logp=old_logp if hp.clip_eps is not None else None,
+                clip_eps=hp.clip_eps,
             )
             if not torch.isfinite(loss):
                 return self._bad_step("loss", opt)
@@ -179,7 +189,9 @@ class RLModule(L.LightningModule):
             "time/score_s": torch.tensor(t_score - t_gen),
             "time/update_s": torch.tensor(t_upd - t_score),
         }
-        log.update({f"train/{k}": v for k, v in stats.items() if k in ("clip_frac", "approx_kl_old", "kl_mean")})
+        log.update(
+            {f"train/{k}": v for k, v in stats.items() if k in ("clip_frac", "approx_kl_old", "kl_mean")}
+        )
         truth = self.verify(prompt_idx, b) if self.verify is not None else {}
         for name, vals in truth.items():  # ground truth of the same samples, next to the recovered reward
             log[f"train/true_{name}"] = torch.as_tensor(vals, dtype=torch.float32).nanmean()
@@ -194,7 +206,12 @@ class RLModule(L.LightningModule):
             "advantages": adv[:n_keep].detach().float().cpu(),
             "truth": {k: list(v[:n_keep]) for k, v in truth.items()},
         }
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in log.items()}, prog_bar=False, sync_dist=True, batch_size=mask.shape[0])
+        self.log_dict(
+            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in log.items()},
+            prog_bar=False,
+            sync_dist=True,
+            batch_size=mask.shape[0],
+        )
         self.log("reward", seq_reward.mean(), prog_bar=True, batch_size=mask.shape[0])
         return loss.detach()
 
@@ -213,5 +230,7 @@ class RLModule(L.LightningModule):
         hp = self.hparams
         return torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],
-            lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay,
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            weight_decay=hp.weight_decay,
         )

@@ -81,4 +81,8 @@ class SFTModule(L.LightningModule):
 
     def final_lr(self) -> float:
         hp = self.hparams
-        return hp.lr if hp.constant_lr else hp.lr * warmup_cosine(hp.max_steps, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
+        return (
+            hp.lr
+            if hp.constant_lr
+            else hp.lr * warmup_cosine(hp.max_steps, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
+        )

@@ -53,6 +53,7 @@ MAX_MEM_RATIO = 0.25  # target: kernel extra peak memory <= 25% of naive's
 DIFF_TOL: dict[str, float] = {"float32": 1e-4, "float64": 1e-10}  # target: max |logp_kernel - logp_naive|
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 _MIB = 1024 * 1024
+MALLOC_MMAP_THRESHOLD = 128 * 1024  # bytes; set in each child's env unless already set
 
 
 def _default_threads() -> int:
@@ -315,6 +316,7 @@ def run_variant(cfg: BenchConfig, variant: str, out_path: Path) -> dict:
         "threads": torch.get_num_threads(),
         "n_params": n_params,
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"),
         "logp_path": str(out_path),
     }
 
@@ -333,12 +335,17 @@ def config_to_argv(cfg: BenchConfig) -> list[str]:
 
 
 def _child_env() -> dict[str, str]:
-    """The parent's environment with this package's ``src`` dir first on PYTHONPATH.
+    """The parent's environment with this package's ``src`` dir first on PYTHONPATH and a fixed
+    glibc mmap threshold.
 
     Why: the child must import the same ``densepath`` as the parent even when it is not installed.
+    glibc's dynamic mmap threshold otherwise lets freed tens-of-MiB buffers stay in the heap, so RSS
+    depends on allocation history (+-100 MiB between runs); a fixed threshold of ``MALLOC_MMAP_
+    THRESHOLD_`` bytes returns every larger buffer to the OS on free, and RSS tracks live memory.
     """
     src = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MALLOC_MMAP_THRESHOLD))
     env["PYTHONPATH"] = os.pathsep.join([src] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
 
@@ -397,7 +404,10 @@ def check_targets(mem_ratio: float, diff: float, dtype: str) -> list[tuple[str, 
     """[(description, met)] for the memory-ratio and accuracy targets; NaN never meets a target."""
     tol = DIFF_TOL[dtype]
     return [
-        (f"extra memory ratio kernel/naive <= {MAX_MEM_RATIO} (got {mem_ratio:.3f})", mem_ratio <= MAX_MEM_RATIO),
+        (
+            f"extra memory ratio kernel/naive <= {MAX_MEM_RATIO} (got {mem_ratio:.3f})",
+            mem_ratio <= MAX_MEM_RATIO,
+        ),
         (f"max abs diff kernel vs naive < {tol:g} ({dtype}) (got {diff:.3g})", diff < tol),
     ]
 
@@ -417,7 +427,7 @@ def describe_config(cfg: BenchConfig, row: dict) -> str:
             f"intermediate={cfg.hidden * 8 // 3} tied embeddings",
             f"params={row['n_params'] / 1e6:.2f}M dtype={cfg.dtype} chunk_size={cfg.chunk_size} "
             f"threads={row['threads']} reps={cfg.reps} (median after 1 warm-up) torch={torch.__version__} "
-            f"attn={row['attn_implementation']} no_grad",
+            f"attn={row['attn_implementation']} no_grad MALLOC_MMAP_THRESHOLD_={row['malloc_mmap_threshold']}",
             f"one (B, seq, V) {cfg.dtype} tensor = {cfg.batch}*{cfg.seq}*{cfg.vocab}*{itemsize} B = "
             f"{full_mib:.1f} MiB; one ({chunk_rows}, V) head chunk = {chunk_mib:.1f} MiB",
         ]

@@ -32,13 +32,17 @@ class RewardRecoveryCallback(L.Callback):
 
         frozen = copy.deepcopy(pl_module.model)  # the live model keeps training
         try:
-            metrics = recovery_pass(self.ctx, frozen, self.sft_dir, self.sft_dir / "recovery" / tag, pl_module.device)
+            metrics = recovery_pass(
+                self.ctx, frozen, self.sft_dir, self.sft_dir / "recovery" / tag, pl_module.device
+            )
         except FileNotFoundError as e:  # e.g. the baseline snapshot is not written yet mid-training
             log.warning("reward recovery skipped at %s: %s", tag, e)
             return
         self.last_metrics = metrics
         if trainer.logger:
-            trainer.logger.log_metrics({f"recover/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+            trainer.logger.log_metrics(
+                {f"recover/{k}": v for k, v in metrics.items()}, step=trainer.global_step
+            )
 
     def on_validation_end(self, trainer, pl_module):
         if self.every_n_val <= 0 or trainer.sanity_checking:

@@ -21,20 +21,35 @@ class SampleTableCallback(L.Callback):
         s = getattr(pl_module, "last_samples", None)
         if self.every <= 0 or s is None or not trainer.is_global_zero or s["step"] % self.every:
             return
-        rows, table, heat = [], [], []
+        table, heat = [], []
         for i in range(s["response_ids"].shape[0]):
             L_ = int(s["response_mask"][i].sum())
             ids = s["response_ids"][i, :L_].tolist()
-            prompt = self.tok.decode(s["prompt_ids"][i][s["prompt_mask"][i].bool()].tolist(), skip_special_tokens=True)
+            prompt = self.tok.decode(
+                s["prompt_ids"][i][s["prompt_mask"][i].bool()].tolist(), skip_special_tokens=True
+            )
             text = self.tok.decode(ids, skip_special_tokens=True)
             truth = {k: v[i] for k, v in s["truth"].items()}
             r = s["rewards"][i, :L_]
             a = s["advantages"][i, :L_]
             table.append([s["step"], prompt, text, str(truth), float(r.sum())])
             toks = self.tok.convert_ids_to_tokens(ids)
-            heat.append({"prompt": prompt, "tokens": toks, "rewards": r.tolist(), "label": f"reward sum {float(r.sum()):.2f} {truth}"})
-            heat.append({"prompt": "(advantage)", "tokens": toks, "rewards": a.tolist(), "label": "advantages"})
-        path = write_heatmap(self.out_dir / f"step_{s['step']:05d}.html", heat, title=f"RL samples at step {s['step']}: reward / advantage per token")
+            heat.append(
+                {
+                    "prompt": prompt,
+                    "tokens": toks,
+                    "rewards": r.tolist(),
+                    "label": f"reward sum {float(r.sum()):.2f} {truth}",
+                }
+            )
+            heat.append(
+                {"prompt": "(advantage)", "tokens": toks, "rewards": a.tolist(), "label": "advantages"}
+            )
+        path = write_heatmap(
+            self.out_dir / f"step_{s['step']:05d}.html",
+            heat,
+            title=f"RL samples at step {s['step']}: reward / advantage per token",
+        )
         if self.tracking is not None:
             self.tracking.log_table("samples", ["step", "prompt", "response", "verifier", "reward"], table)
             self.tracking.log_html("samples/heatmap", path)

@@ -71,7 +71,16 @@ def val_headline_fn(ctx, sampler, split_rows):
             model.train(was)
             return value
         with autocast_for(ctx):
-            m, _ = evaluate_policy(model, ctx.tokenizer, task, split_rows, sampler, split="val", modes=("sampled",), temperature=ctx.cfg.eval.temperature)
+            m, _ = evaluate_policy(
+                model,
+                ctx.tokenizer,
+                task,
+                split_rows,
+                sampler,
+                split="val",
+                modes=("sampled",),
+                temperature=ctx.cfg.eval.temperature,
+            )
         model.train(was)
         return m[f"val/sampled/{task.headline}"]
 

@@ -43,14 +43,14 @@ def _check_messages(value: Any, where: str, col: str) -> list[dict]:
     out = []
     for j, m in enumerate(value):
         if not isinstance(m, dict):
-            raise ValueError(f'{where}: "{col}"[{j}] must be an object with "role" and "content", got {type(m).__name__}')
+            raise ValueError(
+                f'{where}: "{col}"[{j}] must be an object with "role" and "content", got {type(m).__name__}'
+            )
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
             raise ValueError(f'{where}: "{col}"[{j}].role is {role!r}; use one of {list(ROLES)}')
         if not isinstance(content, str):
-            raise ValueError(
-                f'{where}: "{col}"[{j}].content must be a string, got {type(content).__name__}'
-            )
+            raise ValueError(f'{where}: "{col}"[{j}].content must be a string, got {type(content).__name__}')
         out.append({"role": role, "content": content})
     if out[-1]["role"] != "assistant":
         raise ValueError(
@@ -101,7 +101,9 @@ def parse_record(obj: Any, where: str, columns: dict[str, str] | None = None) ->
         prompt_msgs, response = conv[:-1], conv[-1]["content"]
     else:
         p = _check_str(obj.get(columns["prompt"]), where, columns["prompt"], "the prompt")
-        response = _check_str(obj.get(columns["response"]), where, columns["response"], "the assistant answer")
+        response = _check_str(
+            obj.get(columns["response"]), where, columns["response"], "the assistant answer"
+        )
         prompt_msgs = [{"role": "user", "content": p}]
     fam_col = columns.get("family")
     family = obj.get(fam_col) if fam_col else None
@@ -130,7 +132,7 @@ def _decode_utf8(raw: bytes, name: str) -> str:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ValueError(
-            f"{name} is not valid UTF-8: byte offset {e.start} (line {line}) is {raw[e.start:e.start + 1]!r} "
+            f"{name} is not valid UTF-8: byte offset {e.start} (line {line}) is {raw[e.start : e.start + 1]!r} "
             f"({e.reason}); re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`"
         ) from None
 
@@ -145,7 +147,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
             "pass data.path=/absolute/path/to/file.jsonl"
         )
     if p.is_dir():
-        raise IsADirectoryError(f"{name} is a directory; pass the .jsonl file itself (or use data=hf for a saved dataset)")
+        raise IsADirectoryError(
+            f"{name} is a directory; pass the .jsonl file itself (or use data=hf for a saved dataset)"
+        )
     raw = p.read_bytes()
     if not raw:
         raise ValueError(f"{name} is empty; it needs one JSON object per line ({ROW_HINT})")
@@ -158,10 +162,14 @@ def read_jsonl(path: str | Path) -> list[dict]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); write one JSON object per line") from None
+            raise ValueError(
+                f"{where}: invalid JSON ({e.msg} at column {e.colno}); write one JSON object per line"
+            ) from None
         rows.append(parse_record(obj, where))
     if not rows:
-        raise ValueError(f"{name} has no rows (only blank lines); it needs one JSON object per line ({ROW_HINT})")
+        raise ValueError(
+            f"{name} has no rows (only blank lines); it needs one JSON object per line ({ROW_HINT})"
+        )
     return rows
 
 
@@ -195,8 +203,14 @@ def split_counts(n_groups: int, fractions: dict[str, float], source: str) -> dic
 
 
 def carve_splits(
-    rows: list[dict], *, seed: int, val_fraction: float, eval_fraction: float, rl_fraction: float,
-    source: str, sizes: dict | None = None,
+    rows: list[dict],
+    *,
+    seed: int,
+    val_fraction: float,
+    eval_fraction: float,
+    rl_fraction: float,
+    source: str,
+    sizes: dict | None = None,
 ) -> dict[str, list[dict]]:
     """Deterministic splits, disjoint by prompt conversation (all rows of one prompt share a split).
 
@@ -208,9 +222,7 @@ def carve_splits(
         groups.setdefault(_prompt_key(r), []).append(r)
     keys = sorted(groups)  # independent of file order's hash randomisation; shuffled below
     random.Random(seed).shuffle(keys)
-    counts = split_counts(
-        len(keys), {"val": val_fraction, "eval": eval_fraction, "rl": rl_fraction}, source
-    )
+    counts = split_counts(len(keys), {"val": val_fraction, "eval": eval_fraction, "rl": rl_fraction}, source)
     out, start = {}, 0
     for name in ("val", "eval", "rl", "sft"):
         out[name] = [r for k in keys[start : start + counts[name]] for r in groups[k]]
@@ -219,7 +231,9 @@ def carve_splits(
         for name, cap in dict(sizes).items():
             if name in out and cap is not None:
                 out[name] = out[name][: int(cap)]
-    log.info("%s: %s rows per split (%d distinct prompts)", source, {k: len(v) for k, v in out.items()}, len(keys))
+    log.info(
+        "%s: %s rows per split (%d distinct prompts)", source, {k: len(v) for k, v in out.items()}, len(keys)
+    )
     return {k: out[k] for k in SPLITS}
 
 
@@ -257,9 +271,13 @@ class _ChatTask:
     def splits(self) -> dict[str, list[dict]]:
         if self._splits is None:
             self._splits = carve_splits(
-                self._load_rows(), seed=self.seed, val_fraction=self.val_fraction,
-                eval_fraction=self.eval_fraction, rl_fraction=self.rl_fraction,
-                source=self._source(), sizes=self.sizes,
+                self._load_rows(),
+                seed=self.seed,
+                val_fraction=self.val_fraction,
+                eval_fraction=self.eval_fraction,
+                rl_fraction=self.rl_fraction,
+                source=self._source(),
+                sizes=self.sizes,
             )
         return self._splits
 

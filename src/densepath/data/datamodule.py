@@ -37,7 +37,9 @@ class Collator:
         return {"prompt_ids": p, "prompt_mask": pm, "response_ids": r, "response_mask": rm}
 
 
-def encode_rows(tokenizer, task, rows: list[dict], max_prompt_len: int, max_response_len: int, split: str) -> list[Encoded]:
+def encode_rows(
+    tokenizer, task, rows: list[dict], max_prompt_len: int, max_response_len: int, split: str
+) -> list[Encoded]:
     """Tokenize demonstration rows; over-long rows are an error that names the row and the fix."""
     if not rows:
         raise ValueError(f"data split `{split}` is empty: there is nothing to train or evaluate on")
@@ -69,8 +71,13 @@ class DemoDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-            collate_fn=self.collate, drop_last=True, num_workers=0,
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=g,
+            collate_fn=self.collate,
+            drop_last=True,
+            num_workers=0,
         )
 
     def val_dataloader(self) -> DataLoader:

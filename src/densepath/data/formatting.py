@@ -30,9 +30,7 @@ def encode_pair(tokenizer, messages: list[dict], response: str, *, where: str = 
     """Tokenize a prompt and its demonstration; `where` names the row in error messages."""
     prompt = encode_prompt(tokenizer, messages)
     full = _ids(
-        tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": response}], tokenize=True
-        )
+        tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=True)
     )
     if full[: len(prompt)] != prompt:
         raise ValueError(

@@ -143,8 +143,10 @@ def table_policy_mean_return(R: torch.Tensor, logpi: torch.Tensor) -> float:
     by a forward DP over the occupancy of (position, previous token)."""
     horizon, n1, _ = logpi.shape
     if R.shape != (n1, n1):
-        raise ValueError(f"logpi has shape {tuple(logpi.shape)} but R has {tuple(R.shape)}; "
-                         "logpi must be (H, n+1, n+1) for the same n")
+        raise ValueError(
+            f"logpi has shape {tuple(logpi.shape)} but R has {tuple(R.shape)}; "
+            "logpi must be (H, n+1, n+1) for the same n"
+        )
     pi = logpi.to(torch.float64).exp()  # (H, n+1, n+1)
     occ = torch.zeros(n1, dtype=torch.float64)  # (n+1,) probability of being alive with prev=p
     occ[-1] = 1.0  # start at BOS
@@ -378,6 +380,10 @@ def make_splits(
             }
             for s, r in zip(seqs, returns)
         ]
-    logger.info("known_reward splits: %s (reward_seed=%d, V0=%.4f)",
-                {k: len(v) for k, v in out.items()}, reward_seed, mdp.V0())
+    logger.info(
+        "known_reward splits: %s (reward_seed=%d, V0=%.4f)",
+        {k: len(v) for k, v in out.items()},
+        reward_seed,
+        mdp.V0(),
+    )
     return out

@@ -47,7 +47,10 @@ class ToyTask:
 
             raw = make_splits(self.seed, dict(self.sizes), list(self.families) if self.families else None)
             self._splits = {
-                k: [{"family": e.family, "prompt": e.prompt, "response": e.response, "meta": e.meta} for e in v]
+                k: [
+                    {"family": e.family, "prompt": e.prompt, "response": e.response, "meta": e.meta}
+                    for e in v
+                ]
                 for k, v in raw.items()
             }
         return self._splits
@@ -78,7 +81,9 @@ class ToyTask:
         from densepath.data.toy import make_splits
 
         held = {r["prompt"] for s in ("rl", "val", "eval") for r in self.splits()[s]}
-        raw = make_splits(10_000 + seed, {"sft": n + len(held) // 4 + 16}, list(self.families) if self.families else None)
+        raw = make_splits(
+            10_000 + seed, {"sft": n + len(held) // 4 + 16}, list(self.families) if self.families else None
+        )
         rows = [
             {"family": e.family, "prompt": e.prompt, "response": e.response, "meta": e.meta}
             for e in raw["sft"]
@@ -113,7 +118,11 @@ class KnownRewardTask:
             from densepath.data.known_reward import make_splits
 
             self._splits = make_splits(
-                self.seed, dict(self.sizes), reward_seed=self.reward_seed, n_tokens=self.n_tokens, horizon=self.horizon
+                self.seed,
+                dict(self.sizes),
+                reward_seed=self.reward_seed,
+                n_tokens=self.n_tokens,
+                horizon=self.horizon,
             )
         return self._splits
 

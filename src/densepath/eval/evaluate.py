@@ -47,12 +47,16 @@ def _summ(values: np.ndarray, is_binary: bool) -> tuple[float, float, float]:
     return mean, lo, hi
 
 
-def generate_texts(model, tokenizer, task, rows, sampler, *, greedy: bool, temperature: float = 1.0, k: int = 1):
+def generate_texts(
+    model, tokenizer, task, rows, sampler, *, greedy: bool, temperature: float = 1.0, k: int = 1
+):
     prompts = [encode_prompt(tokenizer, task.messages(r)) for r in rows]
     batch = sampler.generate(model, prompts, k=k, greedy=greedy, temperature=temperature)
     ids = batch.response_ids.cpu()
     mask = batch.response_mask.cpu().bool()
-    texts = [tokenizer.decode(ids[i][mask[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])]
+    texts = [
+        tokenizer.decode(ids[i][mask[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])
+    ]
     return texts, batch
 
 
@@ -75,7 +79,9 @@ def evaluate_policy(
     metrics: dict[str, float] = {}
     details: dict = {}
     for mode in modes:
-        texts, batch = generate_texts(model, tokenizer, task, rows, sampler, greedy=(mode == "greedy"), temperature=temperature)
+        texts, batch = generate_texts(
+            model, tokenizer, task, rows, sampler, greedy=(mode == "greedy"), temperature=temperature
+        )
         scores = task.score(rows, texts)
         scores["length"] = batch.response_mask.sum(-1).float().cpu().numpy()
         if extra is not None:
@@ -97,7 +103,9 @@ def evaluate_policy(
                     if name == "length":
                         continue
                     vals = np.asarray(scores[name], dtype=np.float64)[idx]
-                    metrics[f"{split}/{mode}/{fam}/{name}"] = float(np.nanmean(vals)) if len(vals) else float("nan")
+                    metrics[f"{split}/{mode}/{fam}/{name}"] = (
+                        float(np.nanmean(vals)) if len(vals) else float("nan")
+                    )
     headline = task.headline
     if f"{split}/sampled/{headline}" in metrics:
         metrics[f"{split}/{headline}"] = metrics[f"{split}/sampled/{headline}"]
@@ -105,7 +113,9 @@ def evaluate_policy(
     return metrics, details
 
 
-def format_table(metrics: dict[str, float], split: str, headline: str, families: list[str], title: str = "") -> str:
+def format_table(
+    metrics: dict[str, float], split: str, headline: str, families: list[str], title: str = ""
+) -> str:
     """A markdown table: one row per family plus `all`, greedy and sampled columns."""
     lines = []
     if title:
@@ -120,5 +130,7 @@ def format_table(metrics: dict[str, float], split: str, headline: str, families:
     s = metrics.get(f"{split}/sampled/{headline}", float("nan"))
     lo = metrics.get(f"{split}/sampled/{headline}_lo", float("nan"))
     hi = metrics.get(f"{split}/sampled/{headline}_hi", float("nan"))
-    lines.append(f"| **all** (n={int(metrics.get(f'{split}/n', 0))}) | {g:.3f} | {s:.3f} [{lo:.3f}, {hi:.3f}] |")
+    lines.append(
+        f"| **all** (n={int(metrics.get(f'{split}/n', 0))}) | {g:.3f} | {s:.3f} [{lo:.3f}, {hi:.3f}] |"
+    )
     return "\n".join(lines)

@@ -17,7 +17,9 @@ def heldout_nll(model, tokenizer, task, rows: list[dict], batch_size: int = 64) 
     tot, n_tok, seq = 0.0, 0, []
     for s in range(0, len(enc), batch_size):
         b = {k: v.to(device) for k, v in collate(enc[s : s + batch_size]).items()}
-        lp = response_logprobs(model, b["prompt_ids"], b["prompt_mask"], b["response_ids"], b["response_mask"]).logp
+        lp = response_logprobs(
+            model, b["prompt_ids"], b["prompt_mask"], b["response_ids"], b["response_mask"]
+        ).logp
         m = b["response_mask"].float()
         tot += float(-(lp.float() * m).sum())
         n_tok += int(m.sum())

@@ -22,7 +22,7 @@ def final_table(metrics: dict, stages: list[str], headline: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for s in rows:
-        g = lambda k: metrics.get(f"{s}/eval/{k}")  # noqa: E731
+        g = lambda k, s=s: metrics.get(f"{s}/eval/{k}")  # noqa: E731
         ci = f"[{_fmt(g(f'sampled/{headline}_lo'))}, {_fmt(g(f'sampled/{headline}_hi'))}]"
         lines.append(
             f"| {s} | {_fmt(g(f'sampled/{headline}'))} {ci} | {_fmt(g(f'greedy/{headline}'))} | "
@@ -30,11 +30,16 @@ def final_table(metrics: dict, stages: list[str], headline: str) -> str:
         )
     ref = metrics.get("sft/eval/expert_true_return")
     if ref is not None:
-        lines.append(f"\nexpert true return: {ref:.3f}; best possible: {_fmt(metrics.get('sft/eval/best_true_return'))}")
+        lines.append(
+            f"\nexpert true return: {ref:.3f}; best possible: {_fmt(metrics.get('sft/eval/best_true_return'))}"
+        )
     return "\n".join(lines)
 
 
 def print_final_table(ctx, stages: list[str]) -> None:
     table = final_table(ctx.metrics, stages, ctx.task.headline)
     if table:
-        print("\n## Final comparison on `eval` (held out)\n\n" + table + f"\n\nrun dir: {ctx.run_dir}\n", flush=True)
+        print(
+            "\n## Final comparison on `eval` (held out)\n\n" + table + f"\n\nrun dir: {ctx.run_dir}\n",
+            flush=True,
+        )

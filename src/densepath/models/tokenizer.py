@@ -77,9 +77,9 @@ def train_bpe_tokenizer(
     The cache key hashes the corpus and the settings, so a changed task generator retrains.
     """
     texts = list(texts)
-    key = hashlib.sha256(
-        json.dumps({"v": 1, "vocab_size": vocab_size, "texts": texts}).encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps({"v": 1, "vocab_size": vocab_size, "texts": texts}).encode()).hexdigest()[
+        :16
+    ]
     target = Path(cache_dir) / f"bpe-{key}" if cache_dir is not None else None
     if target is not None and (target / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(str(target))

@@ -42,7 +42,14 @@ class RewardOut:
 
 
 class DenseReward:
-    def __init__(self, spec: RewardSpec, sft_model, baseline: Baseline | None, sft_path: Path | None = None, chunk_size: int = 1024):
+    def __init__(
+        self,
+        spec: RewardSpec,
+        sft_model,
+        baseline: Baseline | None,
+        sft_path: Path | None = None,
+        chunk_size: int = 1024,
+    ):
         self.spec = spec
         self.sft = sft_model
         self.sft.eval()
@@ -53,14 +60,27 @@ class DenseReward:
         self.chunk_size = chunk_size
 
     @classmethod
-    def from_sft_dir(cls, spec: RewardSpec, baseline: Baseline | None, sft_dir: Path, tokenizer, device, dtype=torch.float32):
+    def from_sft_dir(
+        cls,
+        spec: RewardSpec,
+        baseline: Baseline | None,
+        sft_dir: Path,
+        tokenizer,
+        device,
+        dtype=torch.float32,
+    ):
         sft = load_frozen(Path(sft_dir) / "policy", tokenizer, "pi_SFT", dtype).to(device)
         if spec.uses_baseline:
             if baseline is None:
-                raise ValueError(f"reward={spec.name} needs a baseline (baseline=sft_half|sft_fraction|base|uniform|ensemble)")
+                raise ValueError(
+                    f"reward={spec.name} needs a baseline (baseline=sft_half|sft_fraction|base|uniform|ensemble)"
+                )
             baseline.load(sft_dir, tokenizer, device, dtype)
         else:
-            log.info("reward=%s uses no baseline: the `baseline` choice is ignored (recorded as baseline: none)", spec.name)
+            log.info(
+                "reward=%s uses no baseline: the `baseline` choice is ignored (recorded as baseline: none)",
+                spec.name,
+            )
         return cls(spec, sft, baseline, Path(sft_dir) / "policy")
 
     @property
@@ -80,8 +100,13 @@ class DenseReward:
     def score_full(self, prompt_ids, prompt_mask, response_ids, response_mask) -> RewardOut:
         name = self.spec.name
         out = response_logprobs(
-            self.sft, prompt_ids, prompt_mask, response_ids, response_mask,
-            return_values=(name == "soft_bellman"), chunk_size=self.chunk_size,
+            self.sft,
+            prompt_ids,
+            prompt_mask,
+            response_ids,
+            response_mask,
+            return_values=(name == "soft_bellman"),
+            chunk_size=self.chunk_size,
         )
         mask = response_mask
         if name == "logprob":

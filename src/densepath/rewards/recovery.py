@@ -33,13 +33,19 @@ class Scored:
     labels: list[str] = field(default_factory=list)
 
 
-def score_encoded(reward, encoded: list[Encoded], pad_id: int, device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def score_encoded(
+    reward, encoded: list[Encoded], pad_id: int, device, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Score token lists in batches; returns right-padded (N, T) rewards and mask on the CPU."""
     collate = Collator(pad_id)
     outs, masks = [], []
     for s in range(0, len(encoded), batch_size):
         b = {k: v.to(device) for k, v in collate(encoded[s : s + batch_size]).items()}
-        outs.append(reward.score(b["prompt_ids"], b["prompt_mask"], b["response_ids"], b["response_mask"]).float().cpu())
+        outs.append(
+            reward.score(b["prompt_ids"], b["prompt_mask"], b["response_ids"], b["response_mask"])
+            .float()
+            .cpu()
+        )
         masks.append(b["response_mask"].cpu())
     T = max(o.shape[1] for o in outs)
     r = torch.cat([torch.nn.functional.pad(o, (0, T - o.shape[1])) for o in outs])
@@ -47,7 +53,9 @@ def score_encoded(reward, encoded: list[Encoded], pad_id: int, device, batch_siz
     return r, m
 
 
-def build_corruption_probe(task, tokenizer, rows: list[dict], seed: int) -> tuple[list[Encoded], list[Encoded], list[int], list[dict]]:
+def build_corruption_probe(
+    task, tokenizer, rows: list[dict], seed: int
+) -> tuple[list[Encoded], list[Encoded], list[int], list[dict]]:
     """Clean demonstrations, corrupted copies and the token index of the altered character.
 
     The token index is where the two token sequences differ; rows where a corruption does not map
@@ -112,7 +120,10 @@ def sample_policy(model, tokenizer, task, rows, sampler, k: int = 1):
     prompts = [encode_prompt(tokenizer, task.messages(r)) for r in rows]
     b = sampler.generate(model, prompts, k=k)
     ids, mask = b.response_ids.cpu(), b.response_mask.cpu().bool()
-    enc = [Encoded(list(map(int, b.prompt_ids[i][b.prompt_mask[i].bool()].tolist())), ids[i][mask[i]].tolist()) for i in range(ids.shape[0])]
+    enc = [
+        Encoded(list(map(int, b.prompt_ids[i][b.prompt_mask[i].bool()].tolist())), ids[i][mask[i]].tolist())
+        for i in range(ids.shape[0])
+    ]
     texts = [tokenizer.decode(e.response_ids, skip_special_tokens=True) for e in enc]
     return enc, texts
 
@@ -129,7 +140,9 @@ def separation_report(reward, task, tokenizer, rows, enc, texts, device) -> dict
     return out
 
 
-def fidelity_report(reward, task, tokenizer, policies: dict[str, list[list[int]]], device) -> dict[str, float]:
+def fidelity_report(
+    reward, task, tokenizer, policies: dict[str, list[list[int]]], device
+) -> dict[str, float]:
     """known_reward: recovered vs true return within each policy's samples (token-id sequences over
     the MDP's action ids, EOS = n_tokens) and pooled."""
     from densepath.data.known_reward import to_text
@@ -137,7 +150,10 @@ def fidelity_report(reward, task, tokenizer, policies: dict[str, list[list[int]]
     mdp = task.mdp
     rec, true = {}, {}
     for name, seqs in policies.items():
-        rows = [{"family": task.name, "prompt": "", "response": to_text(s, task.n_tokens), "meta": {}} for s in seqs]
+        rows = [
+            {"family": task.name, "prompt": "", "response": to_text(s, task.n_tokens), "meta": {}}
+            for s in seqs
+        ]
         enc = encode_many(tokenizer, [(task.messages(r), r["response"]) for r in rows])
         r, m = score_encoded(reward, enc, tokenizer.pad_token_id, device)
         rec[name] = (r * m).sum(-1).numpy().astype(np.float64)

@@ -80,7 +80,9 @@ def right_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Te
     return ids.to(device), mask.to(device)
 
 
-def mask_after_eos(response_ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mask_after_eos(
+    response_ids: torch.Tensor, eos_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep tokens up to and including the first EOS; everything after becomes padding.
 
     Returns (ids, mask, finished). Vectorised: a cumulative count of EOS seen *before* each position.

@@ -54,7 +54,16 @@ class HFSampler:
         try:
             for start in range(0, len(prompts), chunk):
                 parts.append(
-                    self._generate_chunk(model, prompts[start : start + chunk], k, max_new, temp, greedy, min_new_tokens, device)
+                    self._generate_chunk(
+                        model,
+                        prompts[start : start + chunk],
+                        k,
+                        max_new,
+                        temp,
+                        greedy,
+                        min_new_tokens,
+                        device,
+                    )
                 )
         finally:
             model.train(was_training)

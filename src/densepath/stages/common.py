@@ -40,7 +40,11 @@ def autocast_for(ctx):
     """bf16 autocast for generation/scoring when the trainer trains in bf16 (faster on CPU too)."""
     prec = str(ctx.cfg.trainer.get("precision", "32"))
     if prec.startswith("bf16"):
-        device = "cuda" if torch.cuda.is_available() and ctx.cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu"
+        device = (
+            "cuda"
+            if torch.cuda.is_available() and ctx.cfg.trainer.get("accelerator") in ("gpu", "cuda")
+            else "cpu"
+        )
         return torch.autocast(device, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -74,7 +78,14 @@ def evaluate_and_report(ctx, model, *, title: str, splits=("val", "eval"), extra
         for split in splits:
             rows = task.splits()[split][: ev.get(f"{split}_size") or None]
             m, _ = evaluate_policy(
-                model, ctx.tokenizer, task, rows, sampler, split=split, temperature=ev.temperature, extra=extra
+                model,
+                ctx.tokenizer,
+                task,
+                rows,
+                sampler,
+                split=split,
+                temperature=ev.temperature,
+                extra=extra,
             )
             metrics.update(m)
             if not task.has_verifier and task.headline == "nll":

@@ -12,7 +12,6 @@ import time
 
 import lightning as L
 import numpy as np
-import torch
 
 from densepath.algos.sft import SFTModule
 from densepath.callbacks.val_eval import ValEvalCallback, val_headline_fn
@@ -44,18 +43,31 @@ def run(ctx) -> dict[str, float]:
     policy, _ = load_policy(sft_dir / "policy")
     matched = _dpr_compute(ctx)
     probe = ctx.task.fresh_demonstrations(256, cfg.seed + 1)
-    enc_probe = encode_rows(ctx.tokenizer, ctx.task, probe, dcfg.max_prompt_len, dcfg.max_response_len, "fresh")
+    enc_probe = encode_rows(
+        ctx.tokenizer, ctx.task, probe, dcfg.max_prompt_len, dcfg.max_response_len, "fresh"
+    )
     mean_len = float(np.mean([len(e.response_ids) for e in enc_probe]))
     if matched is None:
         steps = int(acfg.steps)
         target_tokens = steps * acfg.prompts_per_step * acfg.k * mean_len
-        log.warning("no DPR run to match: using algo.steps=%d and prompts_per_step*k demonstrations per step", steps)
+        log.warning(
+            "no DPR run to match: using algo.steps=%d and prompts_per_step*k demonstrations per step", steps
+        )
     else:
         steps, target_tokens = matched
     batch_size = max(1, round(target_tokens / max(1, steps) / mean_len))
     rows = ctx.task.fresh_demonstrations(steps * batch_size, cfg.seed + 2)
-    train = encode_rows(ctx.tokenizer, ctx.task, rows, dcfg.max_prompt_len, dcfg.max_response_len, "continued_sft")
-    val_demo = encode_rows(ctx.tokenizer, ctx.task, ctx.task.splits()["val"][: cfg.sft.val_size], dcfg.max_prompt_len, dcfg.max_response_len, "val")
+    train = encode_rows(
+        ctx.tokenizer, ctx.task, rows, dcfg.max_prompt_len, dcfg.max_response_len, "continued_sft"
+    )
+    val_demo = encode_rows(
+        ctx.tokenizer,
+        ctx.task,
+        ctx.task.splits()["val"][: cfg.sft.val_size],
+        dcfg.max_prompt_len,
+        dcfg.max_response_len,
+        "val",
+    )
     dm = DemoDataModule(train, val_demo, ctx.tokenizer.pad_token_id, batch_size, cfg.seed)
     lr = float(sft_man.get("final_lr", cfg.sft.lr * cfg.sft.min_lr_ratio))
     module = SFTModule(policy, lr=lr, weight_decay=cfg.sft.weight_decay, max_steps=steps, constant_lr=True)
@@ -63,11 +75,21 @@ def run(ctx) -> dict[str, float]:
 
     sampler = instantiate(cfg.sampler).configure(ctx.tokenizer)
     val_cb = ValEvalCallback(
-        val_headline_fn(ctx, sampler, ctx.task.splits()["val"][: acfg.val_size]), acfg.val_every, stage_dir,
-        ctx.tokenizer, ctx.task.headline, get_model=lambda m: m.model,
+        val_headline_fn(ctx, sampler, ctx.task.splits()["val"][: acfg.val_size]),
+        acfg.val_every,
+        stage_dir,
+        ctx.tokenizer,
+        ctx.task.headline,
+        get_model=lambda m: m.model,
     )
-    logger = ctx.tracking.logger(stage_dir, "continued_sft", ctx.run_name, flat_config(cfg)) if ctx.tracking else False
-    trainer = make_trainer(ctx, "continued_sft", max_steps=steps, callbacks=[val_cb], logger=logger, limit_val_batches=0)
+    logger = (
+        ctx.tracking.logger(stage_dir, "continued_sft", ctx.run_name, flat_config(cfg))
+        if ctx.tracking
+        else False
+    )
+    trainer = make_trainer(
+        ctx, "continued_sft", max_steps=steps, callbacks=[val_cb], logger=logger, limit_val_batches=0
+    )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     train_time = time.perf_counter() - t0
@@ -94,12 +116,20 @@ def run(ctx) -> dict[str, float]:
     best_model, _ = load_policy(stage_dir / "best")
     if reward is not None:
         extra = reward_and_kl_extra(reward, best_model)
-    metrics.update(evaluate_and_report(ctx, best_model, title="continued SFT: best-val checkpoint on `eval`", extra=extra))
+    metrics.update(
+        evaluate_and_report(
+            ctx, best_model, title="continued SFT: best-val checkpoint on `eval`", extra=extra
+        )
+    )
     manifest = {
         "checkpoints": {"best": {"path": str(stage_dir / "best"), "step": val_cb.best_step}, "last": last},
         "parent_sft": str(sft_dir),
         "matched_to_dpr": matched is not None,
-        "compute": {"optimiser_steps": trainer.global_step, "trained_tokens": module.trained_tokens, "generated_tokens": 0},
+        "compute": {
+            "optimiser_steps": trainer.global_step,
+            "trained_tokens": module.trained_tokens,
+            "generated_tokens": 0,
+        },
     }
     ctx.record("continued_sft", metrics, manifest)
     if ctx.tracking:

@@ -65,7 +65,9 @@ def _known_reward_policies(ctx, sft_model, sft_dir, sampler, n: int, device) -> 
     models = {"sft": sft_model}
     snaps = available_fractions(sft_dir)
     if snaps:
-        models["baseline"] = load_frozen(sft_dir / "snapshots" / f"frac_{snaps[len(snaps) // 2]}", ctx.tokenizer, "baseline").to(device)
+        models["baseline"] = load_frozen(
+            sft_dir / "snapshots" / f"frac_{snaps[len(snaps) // 2]}", ctx.tokenizer, "baseline"
+        ).to(device)
     for name, model in models.items():
         _, texts = sample_policy(model, ctx.tokenizer, task, rows, sampler)
         seqs = [mdp.episode_from_text(t) for t in texts]
@@ -92,13 +94,17 @@ def recovery_pass(ctx, sft_model, sft_dir: Path, out_dir: Path, device) -> dict[
             samples = sample_policy(sft_model, tok, task, val_rows, sampler)
             m.update(separation_report(reward, task, tok, val_rows, samples[0], samples[1], device))
         elif hasattr(task, "mdp"):
-            pols = _known_reward_policies(ctx, sft_model, sft_dir, sampler, ctx.cfg.recover.fidelity_samples, device)
+            pols = _known_reward_policies(
+                ctx, sft_model, sft_dir, sampler, ctx.cfg.recover.fidelity_samples, device
+            )
             m, details = fidelity_report(reward, task, tok, pols, device), {}
         else:
             m, details = demo_report(reward, task, tok, val_rows, device), {}
         rows = heatmap_rows(tok, details, ctx.cfg.recover.heatmap_rows)
         if rows:
-            write_heatmap(out_dir / "heatmap.html", rows, title=f"{spec.name} rewards (baseline {reward.baseline_name})")
+            write_heatmap(
+                out_dir / "heatmap.html", rows, title=f"{spec.name} rewards (baseline {reward.baseline_name})"
+            )
             if ctx.tracking:
                 ctx.tracking.log_html("recover/heatmap", out_dir / "heatmap.html")
         _write_artefact(ctx, reward, details, samples, out_dir, device)
@@ -138,14 +144,22 @@ def run(ctx) -> dict[str, float]:
                 m, details = demo_report(reward, task, tok, val_rows, device), {}
             name = f"{spec.name}" if label == "configured" else label
             metrics.update({f"{label}/{k}": v for k, v in m.items()})
-            table.append((f"{name} (baseline: {reward.baseline_name})" if label == "configured" else label, m))
+            table.append(
+                (f"{name} (baseline: {reward.baseline_name})" if label == "configured" else label, m)
+            )
             if label == "configured":
                 configured = (reward, details)
         reward, details = configured
         rows = heatmap_rows(tok, details, rcfg.heatmap_rows)
         files = {}
         if rows:
-            files["heatmap"] = str(write_heatmap(stage_dir / "heatmap.html", rows, title=f"{reward.spec.name} rewards (baseline {reward.baseline_name}): clean vs corrupted"))
+            files["heatmap"] = str(
+                write_heatmap(
+                    stage_dir / "heatmap.html",
+                    rows,
+                    title=f"{reward.spec.name} rewards (baseline {reward.baseline_name}): clean vs corrupted",
+                )
+            )
             if ctx.tracking:
                 ctx.tracking.log_html("recover/heatmap", stage_dir / "heatmap.html")
         files.update(_write_artefact(ctx, reward, details, samples, stage_dir, device))
@@ -219,9 +233,12 @@ def _print_table(table, verifiable: bool) -> None:
         head = "| reward | Pearson within expert | within SFT | within baseline | within uniform | pooled Pearson | pooled Spearman |"
         lines = [head, "|---|---|---|---|---|---|---|"]
         for name, m in table:
-            g = lambda k: m.get(f"fidelity/{k}")  # noqa: E731
+            g = lambda k, m=m: m.get(f"fidelity/{k}")  # noqa: E731
             lines.append(
                 f"| {name} | {_f(g('expert/pearson'))} | {_f(g('sft/pearson'))} | {_f(g('baseline/pearson'))} | "
                 f"{_f(g('uniform/pearson'))} | {_f(g('pooled/pearson'))} | {_f(g('pooled/spearman'))} |"
             )
-    print("\n## Reward recovery: which reward carries signal? (val split)\n\n" + "\n".join(lines) + "\n", flush=True)
+    print(
+        "\n## Reward recovery: which reward carries signal? (val split)\n\n" + "\n".join(lines) + "\n",
+        flush=True,
+    )

@@ -18,7 +18,7 @@ from densepath.data.formatting import encode_prompt
 from densepath.models.io import load_policy, save_policy
 from densepath.rewards.dense import DenseReward
 from densepath.rewards.logprobs import response_logprobs
-from densepath.stages.common import autocast_for, device_for, evaluate_and_report, flat_config, make_trainer
+from densepath.stages.common import device_for, evaluate_and_report, flat_config, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +74,51 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
     rows = ctx.task.splits()["rl"]
     prompts = [encode_prompt(ctx.tokenizer, ctx.task.messages(r)) for r in rows]
     module = RLModule(
-        policy, reward, sampler, prompts,
-        k=acfg.k, lr=acfg.lr, gamma=acfg.gamma, advantage=acfg.advantage, whiten_advantages=acfg.whiten,
-        norm=acfg.norm, kl=acfg.kl, kl_coef=acfg.kl_coef, temperature=acfg.temperature,
-        max_new_tokens=acfg.max_new_tokens, sequence_level=sequence_level, ppo_epochs=acfg.ppo_epochs,
-        clip_eps=acfg.clip_eps, grad_clip=acfg.grad_clip, verify=_verifier(ctx, rows),
+        policy,
+        reward,
+        sampler,
+        prompts,
+        k=acfg.k,
+        lr=acfg.lr,
+        gamma=acfg.gamma,
+        advantage=acfg.advantage,
+        whiten_advantages=acfg.whiten,
+        norm=acfg.norm,
+        kl=acfg.kl,
+        kl_coef=acfg.kl_coef,
+        temperature=acfg.temperature,
+        max_new_tokens=acfg.max_new_tokens,
+        sequence_level=sequence_level,
+        ppo_epochs=acfg.ppo_epochs,
+        clip_eps=acfg.clip_eps,
+        grad_clip=acfg.grad_clip,
+        verify=_verifier(ctx, rows),
     )
     val_rows = ctx.task.splits()["val"][: acfg.val_size]
     val_cb = ValEvalCallback(
-        val_headline_fn(ctx, sampler, val_rows), acfg.val_every, stage_dir, ctx.tokenizer,
-        ctx.task.headline, get_model=lambda m: m.policy,
+        val_headline_fn(ctx, sampler, val_rows),
+        acfg.val_every,
+        stage_dir,
+        ctx.tokenizer,
+        ctx.task.headline,
+        get_model=lambda m: m.policy,
     )
     g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(list(range(len(prompts))), batch_size=acfg.prompts_per_step, shuffle=True, generator=g, drop_last=True)
+    loader = DataLoader(
+        list(range(len(prompts))), batch_size=acfg.prompts_per_step, shuffle=True, generator=g, drop_last=True
+    )
     logger = ctx.tracking.logger(stage_dir, stage, ctx.run_name, flat_config(cfg)) if ctx.tracking else False
-    samples_cb = SampleTableCallback(ctx.tokenizer, stage_dir / "samples", acfg.sample_table_every, ctx.tracking)
-    trainer = make_trainer(ctx, stage, max_steps=acfg.steps, callbacks=[val_cb, samples_cb], logger=logger, gradient_clip_val=None)
+    samples_cb = SampleTableCallback(
+        ctx.tokenizer, stage_dir / "samples", acfg.sample_table_every, ctx.tracking
+    )
+    trainer = make_trainer(
+        ctx,
+        stage,
+        max_steps=acfg.steps,
+        callbacks=[val_cb, samples_cb],
+        logger=logger,
+        gradient_clip_val=None,
+    )
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)
     train_time = time.perf_counter() - t0
@@ -109,20 +138,41 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
     # final report: the best-val checkpoint on eval, the last one for reference
     best_model, _ = load_policy(stage_dir / "best")
     best_model.to(device)
-    metrics.update(evaluate_and_report(ctx, best_model, title=f"{stage}: best-val checkpoint (step {val_cb.best_step}) on `eval`", extra=reward_and_kl_extra(reward, best_model)))
-    last_m = evaluate_and_report(ctx, module.policy.to(device), title=f"{stage}: last checkpoint on `eval`", splits=("eval",), extra=reward_and_kl_extra(reward, module.policy))
-    metrics.update({k.replace("eval/", "eval_last/", 1): v for k, v in last_m.items() if k.startswith("eval/")})
+    metrics.update(
+        evaluate_and_report(
+            ctx,
+            best_model,
+            title=f"{stage}: best-val checkpoint (step {val_cb.best_step}) on `eval`",
+            extra=reward_and_kl_extra(reward, best_model),
+        )
+    )
+    last_m = evaluate_and_report(
+        ctx,
+        module.policy.to(device),
+        title=f"{stage}: last checkpoint on `eval`",
+        splits=("eval",),
+        extra=reward_and_kl_extra(reward, module.policy),
+    )
+    metrics.update(
+        {k.replace("eval/", "eval_last/", 1): v for k, v in last_m.items() if k.startswith("eval/")}
+    )
     manifest = {
         "checkpoints": {"best": {"path": str(stage_dir / "best"), "step": val_cb.best_step}, "last": last},
         "reward": reward.describe(),
         "baseline": reward.baseline_name,
         "parent_sft": str(sft_dir),
         "val_history": val_cb.history,
-        "compute": {"optimiser_steps": trainer.global_step, "trained_tokens": module.trained_tokens, "generated_tokens": module.generated_tokens},
+        "compute": {
+            "optimiser_steps": trainer.global_step,
+            "trained_tokens": module.trained_tokens,
+            "generated_tokens": module.generated_tokens,
+        },
     }
     ctx.record(stage, metrics, manifest)
     if ctx.tracking:
-        ctx.tracking.finish({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v)})
+        ctx.tracking.finish(
+            {f"final/{k}": v for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v)}
+        )
     return metrics
 
 

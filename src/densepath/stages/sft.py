@@ -34,21 +34,35 @@ def run(ctx) -> dict[str, float]:
     model = spec.build(tok)
     splits = ctx.task.splits()
     train = encode_rows(tok, ctx.task, splits["sft"], dcfg.max_prompt_len, dcfg.max_response_len, "sft")
-    val = encode_rows(tok, ctx.task, splits["val"][: scfg.val_size], dcfg.max_prompt_len, dcfg.max_response_len, "val")
+    val = encode_rows(
+        tok, ctx.task, splits["val"][: scfg.val_size], dcfg.max_prompt_len, dcfg.max_response_len, "val"
+    )
     dm = DemoDataModule(train, val, tok.pad_token_id, scfg.batch_size, cfg.seed)
     module = SFTModule(
-        model, lr=scfg.lr, weight_decay=scfg.weight_decay, warmup_steps=scfg.warmup_steps,
-        min_lr_ratio=scfg.min_lr_ratio, max_steps=scfg.steps, constant_lr=scfg.constant_lr,
+        model,
+        lr=scfg.lr,
+        weight_decay=scfg.weight_decay,
+        warmup_steps=scfg.warmup_steps,
+        min_lr_ratio=scfg.min_lr_ratio,
+        max_steps=scfg.steps,
+        constant_lr=scfg.constant_lr,
     )
-    snaps = SnapshotCallback(stage_dir / "snapshots", list(scfg.snapshot_fractions), scfg.steps, scfg.batch_size, tok)
+    snaps = SnapshotCallback(
+        stage_dir / "snapshots", list(scfg.snapshot_fractions), scfg.steps, scfg.batch_size, tok
+    )
     callbacks = [snaps]
     rr_cfg = cfg.callbacks.get("reward_recovery", {})
     if rr_cfg.get("enabled", False):
         callbacks.append(RewardRecoveryCallback(ctx, stage_dir, rr_cfg.get("every_n_val", 0)))
     logger = ctx.tracking.logger(stage_dir, "sft", ctx.run_name, flat_config(cfg)) if ctx.tracking else False
     trainer = make_trainer(
-        ctx, "sft", max_steps=scfg.steps, callbacks=callbacks, logger=logger,
-        val_check_interval=min(scfg.val_every, scfg.steps), check_val_every_n_epoch=None,
+        ctx,
+        "sft",
+        max_steps=scfg.steps,
+        callbacks=callbacks,
+        logger=logger,
+        val_check_interval=min(scfg.val_every, scfg.steps),
+        check_val_every_n_epoch=None,
     )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
