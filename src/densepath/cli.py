@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -45,16 +47,67 @@ def run(cfg: DictConfig) -> dict:
     return run_stages(cfg, run_dir)
 
 
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(config_path=_conf_dir(), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    """One job. Returns the VALIDATION headline (the Optuna objective; eval is never optimised).
+
+    A crash is written to `error.json` in the job dir (so sweep aggregation lists it as failed);
+    in a multirun the other jobs still run.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    metrics = run(cfg)
-    headline = metrics.get("headline")
-    return headline
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    done = run_dir / "metrics.json"
+    if cfg.get("resume") == "auto" and _is_multirun() and (run_dir / "DONE").exists():
+        logging.getLogger(__name__).info("resume=auto: job %s already finished, skipped", run_dir)
+        return json.loads(done.read_text()).get("objective")
+    try:
+        metrics = run(cfg)
+    except Exception as e:
+        (run_dir / "error.json").write_text(
+            json.dumps({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}, indent=2)
+        )
+        raise
+    (run_dir / "DONE").write_text("finished\n")
+    return metrics.get("objective")
+
+
+def _resume_sweep_dir(argv: list[str]) -> list[str]:
+    """`densepath -m ... resume=auto`: reuse the newest sweep dir launched with the same overrides,
+    so that finished jobs are skipped and a long sweep can be completed in several sittings."""
+    if not any(a in ("-m", "--multirun") for a in argv) or "resume=auto" not in argv:
+        return argv
+    if any(a.startswith("hydra.sweep.dir=") for a in argv):
+        return argv
+    import yaml
+
+    wanted = sorted(a for a in argv if "=" in a and not a.startswith("-") and a != "resume=auto")
+    best = None
+    for f in Path("multirun").glob("*/*/multirun.yaml"):
+        try:
+            task = yaml.safe_load(f.read_text())["hydra"]["overrides"]["task"]
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            continue
+        if sorted(o for o in task if o != "resume=auto") == wanted and (best is None or f.stat().st_mtime > best.stat().st_mtime):
+            best = f
+    if best is None:
+        return argv
+    logging.getLogger(__name__).warning("resume=auto: continuing the sweep in %s", best.parent)
+    print(f"resume=auto: continuing the sweep in {best.parent}", file=sys.stderr)
+    return [*argv, f"hydra.sweep.dir={best.parent}"]
 
 
 def main() -> None:
-    sys.exit(_hydra_main())
+    sys.argv = [sys.argv[0], *_resume_sweep_dir(sys.argv[1:])]
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -114,6 +114,17 @@ class RunContext:
             + f". Run it first (algo={stage}) and pass that run dir as parent_run=<dir>."
         )
 
+    def artifact_name(self, stage: str) -> str:
+        return f"{stage}-{self.run_dir.name}"
+
+    def parent_artifact(self, stage: str) -> str | None:
+        """The wandb artifact name an earlier stage logged (this run or the parent run)."""
+        try:
+            man = json.loads((self.artefact_dir(stage) / "manifest.json").read_text())
+        except FileNotFoundError:
+            return None
+        return man.get("wandb_artifact")
+
     def set_tokenizer(self, tok) -> None:
         self.tokenizer = tok
         self.manifest["tokenizer_hash"] = tokenizer_hash(tok)

@@ -120,6 +120,12 @@ def run(ctx) -> dict[str, float]:
     sft_model = load_frozen(sft_dir / "policy", tok, "pi_SFT").to(device)
     sampler = instantiate(cfg.sampler).configure(tok)
     val_rows = task.splits()["val"][: rcfg.probe_size]
+    if ctx.tracking:
+        from densepath.stages.common import flat_config
+
+        ctx.tracking.logger(stage_dir, "recover", ctx.run_name, flat_config(cfg))
+        if (parent := ctx.parent_artifact("sft")) is not None:
+            ctx.tracking.use_artifact(parent)
     metrics: dict[str, float] = {}
     table = []
     with autocast_for(ctx):
@@ -177,6 +183,11 @@ def run(ctx) -> dict[str, float]:
         "files": files,
         "parent_sft": str(sft_dir),
     }
+    if ctx.tracking:
+        ctx.tracking.log_metrics({f"recover/{k}": v for k, v in metrics.items()})
+        manifest["wandb_artifact"] = ctx.artifact_name("recover")
+        ctx.tracking.log_artifact(manifest["wandb_artifact"], "reward", stage_dir, {"formulation": reward.spec.name})
+        ctx.tracking.finish({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)})
     ctx.record("recover", metrics, manifest)
     return metrics
 

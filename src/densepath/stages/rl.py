@@ -108,6 +108,11 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
         list(range(len(prompts))), batch_size=acfg.prompts_per_step, shuffle=True, generator=g, drop_last=True
     )
     logger = ctx.tracking.logger(stage_dir, stage, ctx.run_name, flat_config(cfg)) if ctx.tracking else False
+    if ctx.tracking:
+        for parent_stage in ("recover", "sft"):
+            if (parent := ctx.parent_artifact(parent_stage)) is not None:
+                ctx.tracking.use_artifact(parent)
+                break
     samples_cb = SampleTableCallback(
         ctx.tokenizer, stage_dir / "samples", acfg.sample_table_every, ctx.tracking
     )
@@ -168,6 +173,9 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
             "generated_tokens": module.generated_tokens,
         },
     }
+    if ctx.tracking:
+        manifest["wandb_artifact"] = ctx.artifact_name(stage)
+        ctx.tracking.log_artifact(manifest["wandb_artifact"], "model", stage_dir / "best", {"best_step": val_cb.best_step})
     ctx.record(stage, metrics, manifest)
     if ctx.tracking:
         ctx.tracking.finish(

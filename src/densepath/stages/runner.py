@@ -56,20 +56,26 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
     for name, fn in zip(stages, fns):
         log.info("=== stage %s ===", name)
         t0 = time.perf_counter()
-        fn(ctx)
+        try:
+            fn(ctx)
+        finally:  # a stage that raises still closes its tracking run: multirun jobs never merge
+            if ctx.tracking is not None:
+                ctx.tracking.finish()
         timings[name] = time.perf_counter() - t0
         ctx.metrics[f"{name}/time_s"] = timings[name]
         ctx.flush()
-    headline_key = f"eval/{ctx.task.headline}"
-    last = stages[-1] if stages[-1] != "recover" else (stages[0] if stages[0] != "recover" else None)
-    headline_stage = "dpr" if "dpr" in stages else last
-    if headline_stage and f"{headline_stage}/{headline_key}" in ctx.metrics:
-        ctx.metrics[headline_key] = ctx.metrics[f"{headline_stage}/{headline_key}"]
-        ctx.metrics["headline_stage"] = headline_stage
+    head = ctx.task.headline
+    policy_stages = [s for s in stages if s != "recover"]
+    headline_stage = "dpr" if "dpr" in stages else (policy_stages[-1] if policy_stages else None)
+    if headline_stage and f"{headline_stage}/eval/{head}" in ctx.metrics:
+        ctx.metrics[f"eval/{head}"] = ctx.metrics[f"{headline_stage}/eval/{head}"]
+        val = ctx.metrics.get(f"{headline_stage}/val/{head}")
+        ctx.metrics[f"val/{head}"] = val
+        # the Optuna objective: validation only, higher is better (negated likelihood loss)
+        ctx.metrics["objective"] = (-val if head == "nll" else val) if val is not None else None
+        ctx.manifest["headline_stage"] = headline_stage
     ctx.flush()
     from densepath.eval.report import print_final_table
 
     print_final_table(ctx, stages)
-    out = dict(ctx.metrics)
-    out["headline"] = ctx.metrics.get(headline_key)
-    return out
+    return dict(ctx.metrics)

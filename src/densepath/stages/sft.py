@@ -91,6 +91,9 @@ def run(ctx) -> dict[str, float]:
         "samples_seen": trainer.global_step * scfg.batch_size,
         "final_lr": module.final_lr(),
     }
+    if ctx.tracking:
+        manifest["wandb_artifact"] = ctx.artifact_name("sft")
+        ctx.tracking.log_artifact(manifest["wandb_artifact"], "model", stage_dir / "policy", {"sha256": policy["sha256"]})
     ctx.record("sft", metrics, manifest)
     if ctx.tracking:
         ctx.tracking.finish({f"final/{k}": v for k, v in metrics.items()})
