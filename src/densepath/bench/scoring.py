@@ -1,7 +1,7 @@
 """Scoring-memory benchmark: the project log-prob kernel against a naive full ``log_softmax``.
 
 Run: ``python -m densepath.bench scoring [--vocab 49152 --batch 8 --seq 512 --hidden 576 --layers 2
---reps 3 --dtype float32 --chunk-size 1024] [--check]``.
+--reps 3 --dtype float32 --chunk-size 0 (auto)] [--check]``.
 
 What is compared, on a frozen (``torch.no_grad()``) random-weight ``LlamaForCausalLM`` shaped like
 SmolLM2 (vocab 49,152, hidden 576, head_dim 64, 3:1 grouped KV heads, MLP 8/3 * hidden, tied
@@ -76,7 +76,7 @@ class BenchConfig:
     layers: int = 2
     reps: int = 3
     dtype: str = "float32"
-    chunk_size: int = 1024
+    chunk_size: int = 0  # 0: the kernel's auto chunk (a fixed logits budget per chunk)
     threads: int = dataclasses.field(default_factory=_default_threads)
     seed: int = 0
 
@@ -87,7 +87,9 @@ class BenchConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and a valid choice."""
-        positive = ("vocab", "batch", "hidden", "layers", "reps", "chunk_size", "threads", "prompt_len")
+        positive = ("vocab", "batch", "hidden", "layers", "reps", "threads", "prompt_len")
+        if int(self.chunk_size) < 0:
+            raise ValueError(f"--chunk-size must be >= 0 (0 = auto), got {self.chunk_size}.")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 flag = "--" + name.replace("_", "-")
@@ -164,7 +166,7 @@ def score_kernel(model: nn.Module, batch: Sequence[torch.Tensor], chunk_size: in
     """(B, T) log-probs from the project kernel (head on response rows only, chunked)."""
     from densepath.rewards.logprobs import response_logprobs
 
-    return response_logprobs(model, *batch, chunk_size=chunk_size).logp  # (B, T)
+    return response_logprobs(model, *batch, chunk_size=chunk_size or None).logp  # (B, T)
 
 
 def score_naive(model: nn.Module, batch: Sequence[torch.Tensor], chunk_size: int = 0) -> torch.Tensor:
@@ -417,7 +419,10 @@ def describe_config(cfg: BenchConfig, row: dict) -> str:
     heads, kv = attention_heads(cfg.hidden)
     itemsize = torch.empty((), dtype=_DTYPES[cfg.dtype]).element_size()
     full_mib = cfg.batch * cfg.seq * cfg.vocab * itemsize / _MIB
-    chunk_rows = min(cfg.chunk_size, cfg.batch * cfg.response_len)
+    from densepath.rewards.logprobs import CHUNK_ELEMENTS
+
+    chunk = cfg.chunk_size or max(1, CHUNK_ELEMENTS // cfg.vocab)
+    chunk_rows = min(chunk, cfg.batch * cfg.response_len)
     chunk_mib = chunk_rows * cfg.vocab * itemsize / _MIB
     return "\n".join(
         [

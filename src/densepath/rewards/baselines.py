@@ -71,7 +71,7 @@ class SnapshotBaseline(Baseline):
     """The SFT snapshot at `fraction` of the SFT steps (`sft_half` = 0.5, `sft_fraction`)."""
 
     fraction: float = 0.5
-    chunk_size: int = 1024
+    chunk_size: int | None = None  # None: auto (a fixed logits budget per chunk)
 
     def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
         path = snapshot_dir(Path(sft_dir) / "snapshots", float(self.fraction))

@@ -48,7 +48,7 @@ class DenseReward:
         sft_model,
         baseline: Baseline | None,
         sft_path: Path | None = None,
-        chunk_size: int = 1024,
+        chunk_size: int | None = None,
     ):
         self.spec = spec
         self.sft = sft_model

@@ -37,6 +37,9 @@ from torch.utils.checkpoint import checkpoint
 logger = logging.getLogger(__name__)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# auto chunk: 2**24 logits (64 MiB in fp32) per chunk: 341 rows at SmolLM2's 49,152 vocabulary,
+# the whole batch at the built-in tasks' ~500 tokens
+CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass
@@ -250,7 +253,7 @@ def response_logprobs(
     *,
     temperature: float = 1.0,
     return_values: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> TokenLogProbs:
     """Teacher-forced log pi(y_t | x, y_<t) (and optionally V(s_t)) for every response token.
 
@@ -262,11 +265,14 @@ def response_logprobs(
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}; use 1.0 for the untempered policy.")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}; 1024 is a good default.")
     _check_batch(prompt_ids, prompt_mask, response_ids, response_mask)
     B, T = response_ids.shape
     head = _output_head(model)
+    if chunk_size is None:  # auto: a fixed budget of logits per chunk, whatever the vocabulary
+        chunk_size = max(1, CHUNK_ELEMENTS // int(head.weight.shape[0]))
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1 (or None for auto), got {chunk_size}")
+    chunk_size = int(chunk_size)
 
     if T == 0:
         empty = torch.zeros(B, 0, device=response_ids.device, dtype=_compute_dtype(head.weight.dtype))

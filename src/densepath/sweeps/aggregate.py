@@ -262,6 +262,31 @@ def _has_done_markers(sweep_dir: Path) -> bool:
     return any(sweep_dir.glob("*/DONE"))
 
 
+def _split_canonical(cfg: str) -> list[str]:
+    return [] if cfg in (DEFAULT_CONFIG, UNREADABLE_CONFIG) else parse_config_string(cfg).split(",")
+
+
+def _drop_common_overrides(jobs: list[dict[str, Any]]) -> None:
+    """A configuration is named by the overrides that VARY across the sweep: those shared by every
+    job (debug=tiny, data paths, ...) say nothing about which arm a job belongs to."""
+    parts = [set(_split_canonical(j["config"])) for j in jobs if j["config"] != UNREADABLE_CONFIG]
+    if len(parts) < 2:
+        return
+    common = set.intersection(*parts)
+    for j in jobs:
+        if j["config"] != UNREADABLE_CONFIG:
+            j["config"] = canonical_config([o for o in _split_canonical(j["config"]) if o not in common])
+
+
+def _match_reference(ref: str, by_cfg: dict[str, Any]) -> str:
+    """Exact match, else the unique configuration whose overrides include all of the reference's."""
+    if ref in by_cfg:
+        return ref
+    want = set(_split_canonical(ref))
+    hits = [c for c in by_cfg if want and want <= set(_split_canonical(c))]
+    return hits[0] if len(hits) == 1 else ref
+
+
 def read_job(job_dir: Path, seed_key: str) -> dict[str, Any]:
     """One job's configuration, seed, status, first error line and raw metrics dict."""
     import yaml  # PyYAML ships with omegaconf; imported here so `--help` stays fast
@@ -648,6 +673,7 @@ def aggregate(
             "pass the Hydra multirun dir (the one holding 0/, 1/, ...)"
         )
     jobs = [read_job(d, seed_key) for d in job_dirs]
+    _drop_common_overrides(jobs)
     for j in jobs:
         j["values"] = {m: _as_float(j["metrics"].get(m)) for m in all_metrics}
 
@@ -674,7 +700,7 @@ def aggregate(
 
     ref = None
     if reference is not None:
-        ref = parse_config_string(reference, seed_key)
+        ref = _match_reference(parse_config_string(reference, seed_key), by_cfg)
         if ref not in by_cfg:
             raise AggregateError(
                 f"--reference {reference!r} (canonical {ref!r}) matches no configuration; "
