@@ -69,7 +69,7 @@ def test_multirun_two_configs_two_seeds_wandb_offline_and_aggregate(tmp_path: Pa
         row = next(r for r in rows if r["configuration"] == cfg)
         assert float(row["mean"]) == pytest.approx(x.mean(), abs=1e-9)
         half = st.t.ppf(0.975, 1) * x.std(ddof=1) / np.sqrt(2)
-        assert float(row["ci_half_width"]) == pytest.approx(half, abs=1e-9)
+        assert float(row["ci95_halfwidth"]) == pytest.approx(half, abs=1e-9)
     d = np.array([vals["reward=logprob"][s] - vals["reward=log_ratio"][s] for s in (0, 1)])
     assert stats is not None and "paired" in (sweep / "aggregate" / "summary.md").read_text().lower()
     assert f"{d.mean():.3f}" in out or f"{d.mean():.4f}" in out
