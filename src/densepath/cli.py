@@ -105,8 +105,41 @@ def _resume_sweep_dir(argv: list[str]) -> list[str]:
     return [*argv, f"hydra.sweep.dir={best.parent}"]
 
 
+def _resume_run_dir(argv: list[str]) -> list[str]:
+    """`densepath ... resume=auto` (single run): continue the newest unfinished run dir whose
+    resolved-config hash matches, else start a new one. Logs which directory it picked."""
+    if any(a in ("-m", "--multirun") for a in argv) or "resume=auto" not in argv:
+        return argv
+    if any(a.startswith("hydra.run.dir=") for a in argv):
+        return argv
+    from hydra import compose, initialize_config_dir
+
+    from densepath.context import config_hash
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.startswith("hydra.")]
+    with initialize_config_dir(config_dir=_conf_dir(), version_base="1.3"):
+        want = config_hash(compose(config_name="config", overrides=overrides))
+    best = None
+    for man in Path("outputs").glob("**/manifest.json"):
+        run = man.parent
+        if (run / "DONE").exists() or not (run / ".hydra").is_dir():
+            continue
+        try:
+            if json.loads(man.read_text()).get("config_hash") != want:
+                continue
+        except (OSError, ValueError):
+            continue
+        if best is None or man.stat().st_mtime > best.stat().st_mtime:
+            best = man
+    if best is None:
+        print("resume=auto: no unfinished run with this configuration; starting a new one", file=sys.stderr)
+        return argv
+    print(f"resume=auto: continuing {best.parent}", file=sys.stderr)
+    return [*argv, f"hydra.run.dir={best.parent}"]
+
+
 def main() -> None:
-    sys.argv = [sys.argv[0], *_resume_sweep_dir(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *_resume_run_dir(_resume_sweep_dir(sys.argv[1:]))]
     _hydra_main()
 
 

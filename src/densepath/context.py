@@ -90,7 +90,28 @@ class RunContext:
             "checkpoints": {},
         }
         ctx.tracking = instantiate(cfg.logger) if cfg.get("logger") else None
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        old = ctx.run_dir / "manifest.json"
+        if cfg.get("resume") == "auto" and old.exists():  # continuing this run dir: keep what it recorded
+            prev = json.loads(old.read_text())
+            ctx.manifest["stages"] = prev.get("stages", {})
+            ctx.manifest["checkpoints"] = prev.get("checkpoints", {})
+            if (ctx.run_dir / "metrics.json").exists():
+                ctx.metrics = {k: v for k, v in json.loads((ctx.run_dir / "metrics.json").read_text()).items()}
+        ctx.flush()  # the config hash is on disk from the start: resume=auto can find an unfinished run
         return ctx
+
+    def stage_finished(self, stage: str) -> bool:
+        """True when this run dir already holds the stage's final manifest (written after evaluation)."""
+        p = self.run_dir / stage / "manifest.json"
+        if not p.exists():
+            return False
+        if stage == "sft":  # later stages need the tokenizer
+            from densepath.models.io import load_policy
+
+            _, tok = load_policy(self.run_dir / "sft" / "policy")
+            self.set_tokenizer(tok)
+        return True
 
     def stage_dir(self, stage: str) -> Path:
         d = self.run_dir / stage

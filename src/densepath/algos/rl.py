@@ -29,6 +29,7 @@ from densepath.algos.pg_math import (
     reward_to_go,
     whiten,
 )
+from densepath.algos.sft import NonFiniteError
 from densepath.rewards.logprobs import response_logprobs
 
 
@@ -38,8 +39,6 @@ def sequence_level_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.T
     return total * mask
 
 
-class NonFiniteError(RuntimeError):
-    pass
 
 
 class RLModule(L.LightningModule):
@@ -225,6 +224,19 @@ class RLModule(L.LightningModule):
                 "or check the reward models"
             )
         return None
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["densepath"] = {
+            "generated_tokens": self.generated_tokens,
+            "trained_tokens": self.trained_tokens,
+            "bad_steps": self.bad_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("densepath", {})
+        self.generated_tokens = int(state.get("generated_tokens", 0))
+        self.trained_tokens = int(state.get("trained_tokens", 0))
+        self.bad_steps = int(state.get("bad_steps", 0))
 
     def configure_optimizers(self):
         hp = self.hparams

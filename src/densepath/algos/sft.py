@@ -6,12 +6,19 @@ over demonstrations, so the trained logits are a soft Q-function with an implici
 
 from __future__ import annotations
 
+import logging
 import math
 
 import lightning as L
 import torch
 
 from densepath.rewards.logprobs import response_logprobs
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    pass
 
 
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,17 +54,47 @@ class SFTModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         max_steps: int = 700,
         constant_lr: bool = False,
+        max_bad_steps: int = 5,
     ):
         super().__init__()
         self.model = model
         self.save_hyperparameters(ignore=["model"])
         self.trained_tokens = 0
+        self.bad_steps = 0
 
     def training_step(self, batch, batch_idx):
         loss, n_tok = sft_loss(self.model, batch)
+        if not torch.isfinite(loss):
+            self._bad_step("loss")
+            return None  # Lightning skips the optimiser step
         self.trained_tokens += int(batch["response_mask"].sum())  # known on host from the collator
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["response_ids"].shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.detach().abs().sum() for g in grads]).sum()):
+            for p in self.model.parameters():
+                p.grad = None  # AdamW skips parameters without a gradient: the step is skipped
+            self._bad_step("gradient")
+        else:
+            self.bad_steps = 0
+
+    def _bad_step(self, what: str) -> None:
+        self.bad_steps += 1
+        log.warning("non-finite %s at step %d: step skipped (%d in a row)", what, self.global_step, self.bad_steps)
+        if self.bad_steps >= self.hparams.max_bad_steps:
+            raise NonFiniteError(
+                f"{self.bad_steps} consecutive non-finite {what}s in SFT; stopping. Lower sft.lr or check the data"
+            )
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["densepath"] = {"trained_tokens": self.trained_tokens, "bad_steps": self.bad_steps}
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("densepath", {})
+        self.trained_tokens = int(state.get("trained_tokens", 0))
+        self.bad_steps = int(state.get("bad_steps", 0))
 
     def validation_step(self, batch, batch_idx):
         loss, n_tok = sft_loss(self.model, batch)

@@ -16,6 +16,10 @@ logger = logging.getLogger(__name__)
 # benchmark name -> module exposing ``main(argv) -> int``
 BENCHMARKS: dict[str, str] = {
     "scoring": "densepath.bench.scoring",
+    "dpr_vs_trl": "densepath.bench.dpr_vs_trl",
+    "sft_overhead": "densepath.bench.sft_overhead",
+    "flops": "densepath.bench.flops",
+    "generation": "densepath.bench.generation",
 }
 
 

@@ -32,6 +32,12 @@ class SnapshotCallback(L.Callback):
         self.targets = {float(f): max(1, round(float(f) * max_steps)) for f in fractions}
         self.saved: dict[str, dict] = {}
 
+    def state_dict(self):
+        return {"saved": self.saved}
+
+    def load_state_dict(self, state):
+        self.saved = dict(state.get("saved", {}))
+
     def on_train_start(self, trainer, pl_module):
         if trainer.is_global_zero and not (self.root / "base").exists():
             info = save_policy(pl_module.model, self.tokenizer, self.root / "base")

@@ -45,7 +45,15 @@ class ValEvalCallback(L.Callback):
             log.info("new best val %s = %.4f at step %d", self.metric, value, step)
 
     def on_train_start(self, trainer, pl_module):
-        self._evaluate(trainer, pl_module)  # step 0: the starting policy competes too
+        if trainer.global_step == 0:  # step 0: the starting policy competes too (not again on resume)
+            self._evaluate(trainer, pl_module)
+
+    def state_dict(self):
+        return {"best": self.best, "best_step": self.best_step, "history": [list(h) for h in self.history]}
+
+    def load_state_dict(self, state):
+        self.best, self.best_step = float(state["best"]), int(state["best_step"])
+        self.history = [tuple(h) for h in state["history"]]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step % self.every == 0:

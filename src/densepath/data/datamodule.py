@@ -69,16 +69,18 @@ class DemoDataModule(L.LightningDataModule):
         self.seed = seed
 
     def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=g,
-            collate_fn=self.collate,
-            drop_last=True,
-            num_workers=0,
-        )
+        from densepath.callbacks.resume import ResumableLoader
+
+        # order = f(seed, epoch); position saved in checkpoints: exact mid-epoch resume
+        return ResumableLoader(self.train_set, self.batch_size, self.seed, collate_fn=self.collate)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=256, shuffle=False, collate_fn=self.collate, num_workers=0)
+        # own generator: iterator creation must not draw from the global RNG (exact resume)
+        return DataLoader(
+            self.val_set,
+            batch_size=256,
+            shuffle=False,
+            collate_fn=self.collate,
+            num_workers=0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )

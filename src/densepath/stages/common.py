@@ -33,7 +33,36 @@ def flat_config(cfg) -> dict:
 
 
 def make_trainer(ctx, stage: str, *, max_steps: int, callbacks: list, logger, **overrides):
-    return instantiate(ctx.cfg.trainer, max_steps=max_steps, logger=logger, callbacks=callbacks, **overrides)
+    """The configured Trainer plus exact-resume machinery: atomic periodic checkpoints under
+    `<stage>/ckpt/`, RNG state and data position in every checkpoint."""
+    from densepath.callbacks.resume import AtomicCheckpointIO, checkpoint_callbacks
+
+    ck = ctx.cfg.get("checkpoint", {}) or {}
+    every = int(ck.get("every_n_steps", 0) or 0)
+    cbs = list(callbacks) + checkpoint_callbacks(ctx.stage_dir(stage), every, int(ck.get("keep_last", 2)))
+    if every > 0:
+        overrides["enable_checkpointing"] = True
+    return instantiate(
+        ctx.cfg.trainer, max_steps=max_steps, logger=logger, callbacks=cbs, plugins=[AtomicCheckpointIO()], **overrides
+    )
+
+
+def resume_checkpoint(ctx, stage: str) -> str | None:
+    """The checkpoint a training stage starts from: `ckpt_path=` if given, else, when the run dir
+    is being resumed (resume=auto), the stage's own `last.ckpt`."""
+    from densepath.callbacks.resume import last_checkpoint
+
+    if ctx.cfg.get("ckpt_path"):
+        p = Path(ctx.cfg.ckpt_path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"ckpt_path={ctx.cfg.ckpt_path}: no such checkpoint file")
+        return str(p)
+    if ctx.cfg.get("resume") == "auto":
+        last = last_checkpoint(ctx.stage_dir(stage))
+        if last is not None:
+            log.info("resume=auto: stage %s continues from %s", stage, last)
+            return str(last)
+    return None
 
 
 def autocast_for(ctx):

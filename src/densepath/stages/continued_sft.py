@@ -17,7 +17,13 @@ from densepath.algos.sft import SFTModule
 from densepath.callbacks.val_eval import ValEvalCallback, val_headline_fn
 from densepath.data.datamodule import DemoDataModule, encode_rows
 from densepath.models.io import load_policy, save_policy
-from densepath.stages.common import device_for, evaluate_and_report, flat_config, make_trainer
+from densepath.stages.common import (
+    device_for,
+    evaluate_and_report,
+    flat_config,
+    make_trainer,
+    resume_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +97,7 @@ def run(ctx) -> dict[str, float]:
         ctx, "continued_sft", max_steps=steps, callbacks=[val_cb], logger=logger, limit_val_batches=0
     )
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ctx, "continued_sft"))
     train_time = time.perf_counter() - t0
     last = save_policy(module.model, ctx.tokenizer, stage_dir / "last")
     metrics = {

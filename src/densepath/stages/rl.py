@@ -9,16 +9,22 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
 
 from densepath.algos.rl import RLModule
+from densepath.callbacks.resume import ResumableLoader
 from densepath.callbacks.samples import SampleTableCallback
 from densepath.callbacks.val_eval import ValEvalCallback, val_headline_fn
 from densepath.data.formatting import encode_prompt
 from densepath.models.io import load_policy, save_policy
 from densepath.rewards.dense import DenseReward
 from densepath.rewards.logprobs import response_logprobs
-from densepath.stages.common import device_for, evaluate_and_report, flat_config, make_trainer
+from densepath.stages.common import (
+    device_for,
+    evaluate_and_report,
+    flat_config,
+    make_trainer,
+    resume_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +99,7 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
         clip_eps=acfg.clip_eps,
         grad_clip=acfg.grad_clip,
         verify=_verifier(ctx, rows),
+        max_bad_steps=cfg.get("max_bad_steps", 5),
     )
     val_rows = ctx.task.splits()["val"][: acfg.val_size]
     val_cb = ValEvalCallback(
@@ -103,10 +110,7 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
         ctx.task.headline,
         get_model=lambda m: m.policy,
     )
-    g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        list(range(len(prompts))), batch_size=acfg.prompts_per_step, shuffle=True, generator=g, drop_last=True
-    )
+    loader = ResumableLoader(list(range(len(prompts))), acfg.prompts_per_step, cfg.seed)
     logger = ctx.tracking.logger(stage_dir, stage, ctx.run_name, flat_config(cfg)) if ctx.tracking else False
     if ctx.tracking:
         for parent_stage in ("recover", "sft"):
@@ -125,7 +129,7 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
         gradient_clip_val=None,
     )
     t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_checkpoint(ctx, stage))
     train_time = time.perf_counter() - t0
     last = save_policy(module.policy, ctx.tokenizer, stage_dir / "last")
 

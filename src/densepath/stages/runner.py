@@ -52,8 +52,15 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
 
         _, tok = load_checked(ctx.artefact_dir("sft") / "policy", ctx, "pi_SFT")
         ctx.set_tokenizer(tok)
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     timings = {}
     for name, fn in zip(stages, fns):
+        if cfg.get("resume") == "auto" and ctx.stage_finished(name):
+            log.info("resume=auto: stage %s already finished in %s, skipped", name, run_dir)
+            continue
         log.info("=== stage %s ===", name)
         t0 = time.perf_counter()
         try:

@@ -14,7 +14,7 @@ from densepath.callbacks.snapshots import SnapshotCallback
 from densepath.data.datamodule import DemoDataModule, encode_rows
 from densepath.models.factory import count_params
 from densepath.models.io import save_policy
-from densepath.stages.common import evaluate_and_report, flat_config, make_trainer
+from densepath.stages.common import evaluate_and_report, flat_config, make_trainer, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def run(ctx) -> dict[str, float]:
         min_lr_ratio=scfg.min_lr_ratio,
         max_steps=scfg.steps,
         constant_lr=scfg.constant_lr,
+        max_bad_steps=cfg.get("max_bad_steps", 5),
     )
     snaps = SnapshotCallback(
         stage_dir / "snapshots", list(scfg.snapshot_fractions), scfg.steps, scfg.batch_size, tok
@@ -65,7 +66,7 @@ def run(ctx) -> dict[str, float]:
         check_val_every_n_epoch=None,
     )
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ctx, "sft"))
     train_time = time.perf_counter() - t0
     policy = save_policy(module.model, tok, stage_dir / "policy")
 
