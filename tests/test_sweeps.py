@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF, compose_cfg
 from hydra import compose, initialize_config_dir
+
+from conftest import CONF, compose_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "densepath"]

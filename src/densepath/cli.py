@@ -96,7 +96,9 @@ def _resume_sweep_dir(argv: list[str]) -> list[str]:
             task = yaml.safe_load(f.read_text())["hydra"]["overrides"]["task"]
         except (OSError, KeyError, TypeError, yaml.YAMLError):
             continue
-        if sorted(o for o in task if o != "resume=auto") == wanted and (best is None or f.stat().st_mtime > best.stat().st_mtime):
+        if sorted(o for o in task if o != "resume=auto") == wanted and (
+            best is None or f.stat().st_mtime > best.stat().st_mtime
+        ):
             best = f
     if best is None:
         return argv

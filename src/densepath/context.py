@@ -92,12 +92,19 @@ class RunContext:
         ctx.tracking = instantiate(cfg.logger) if cfg.get("logger") else None
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         old = ctx.run_dir / "manifest.json"
+        if old.exists() and cfg.get("resume") != "auto":
+            raise FileExistsError(
+                f"{ctx.run_dir} already holds a run (manifest.json); a new run never reuses a run dir. "
+                "Continue it with resume=auto, or choose another hydra.run.dir"
+            )
         if cfg.get("resume") == "auto" and old.exists():  # continuing this run dir: keep what it recorded
             prev = json.loads(old.read_text())
             ctx.manifest["stages"] = prev.get("stages", {})
             ctx.manifest["checkpoints"] = prev.get("checkpoints", {})
             if (ctx.run_dir / "metrics.json").exists():
-                ctx.metrics = {k: v for k, v in json.loads((ctx.run_dir / "metrics.json").read_text()).items()}
+                ctx.metrics = {
+                    k: v for k, v in json.loads((ctx.run_dir / "metrics.json").read_text()).items()
+                }
         ctx.flush()  # the config hash is on disk from the start: resume=auto can find an unfinished run
         return ctx
 

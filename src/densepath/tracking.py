@@ -63,6 +63,11 @@ class WandbTracking(NoTracking):
     _run = None
     _warned = False
 
+    def __getstate__(self):  # a live wandb run cannot cross a ddp_spawn boundary
+        state = dict(self.__dict__)
+        state["_run"] = None
+        return state
+
     def _mode(self) -> str:
         if self.mode:
             return self.mode

@@ -29,7 +29,7 @@ from densepath.algos.pg_math import (
     reward_to_go,
     whiten,
 )
-from densepath.algos.sft import NonFiniteError
+from densepath.algos.sft import NonFiniteError, write_counts
 from densepath.rewards.logprobs import response_logprobs
 
 
@@ -37,8 +37,6 @@ def sequence_level_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.T
     """RLOO control: every real token gets the whole sequence's return. (B, T)"""
     total = (rewards * mask).sum(-1, keepdim=True)  # (B, 1)
     return total * mask
-
-
 
 
 class RLModule(L.LightningModule):
@@ -66,6 +64,7 @@ class RLModule(L.LightningModule):
         clip_eps: float | None = None,
         grad_clip: float = 1.0,
         max_bad_steps: int = 5,
+        optimizer: str = "adamw",
         verify: Callable | None = None,
     ):
         super().__init__()
@@ -115,8 +114,11 @@ class RLModule(L.LightningModule):
             adv = whiten(adv, mask, reduce_fn=self._all_reduce_sum)
         return returns, adv
 
+    def _world(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
     def _all_reduce_sum(self, t: torch.Tensor):
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if self._world() > 1:
             torch.distributed.all_reduce(t)
         return t
 
@@ -139,7 +141,14 @@ class RLModule(L.LightningModule):
         if hp.kl == "k1" and hp.kl_coef:
             rewards = k1_in_reward(rewards, old_logp, r.logp_sft.float(), hp.kl_coef, mask=mask)
         returns, adv = self.advantages_for(rewards, mask)
-        n_seqs = mask.shape[0] * self.trainer.world_size if self.trainer.world_size > 1 else None
+        # DDP averages gradients over ranks (equal local batches), so a rank normalises its local
+        # sum by its own sequence count (seq_mean) or by the all-reduced token count / world size
+        # (token_mean): the average of the rank gradients is then the union-batch gradient.
+        n_seqs, token_count = None, None
+        if hp.norm == "token_mean" and self._world() > 1:
+            tok = mask.sum().detach().clone()
+            torch.distributed.all_reduce(tok)
+            token_count = tok / self._world()
 
         for epoch in range(max(1, hp.ppo_epochs)):
             if epoch > 0:
@@ -150,6 +159,7 @@ class RLModule(L.LightningModule):
                 adv,
                 mask,
                 n_seqs=n_seqs,
+                token_count=token_count,
                 norm=hp.norm,
                 kl=kl,
                 kl_coef=hp.kl_coef if hp.kl == "k3" else 0.0,
@@ -225,6 +235,11 @@ class RLModule(L.LightningModule):
             )
         return None
 
+    counts_path = None  # set by the stage: where on_train_end writes the all-rank totals
+
+    def on_train_end(self):
+        write_counts(self, ("generated_tokens", "trained_tokens"), self.counts_path)
+
     def on_save_checkpoint(self, checkpoint):
         checkpoint["densepath"] = {
             "generated_tokens": self.generated_tokens,
@@ -240,6 +255,9 @@ class RLModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if hp.optimizer == "sgd":  # plain SGD: the update is exactly -lr * grad (used by the DDP test)
+            return torch.optim.SGD(params, lr=hp.lr)
         return torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],
             lr=hp.lr,

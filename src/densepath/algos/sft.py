@@ -21,6 +21,30 @@ class NonFiniteError(RuntimeError):
     pass
 
 
+def write_counts(module: L.LightningModule, names: tuple[str, ...], path) -> None:
+    """Sum host-side counters over ranks and write them (rank 0) to `path` as JSON: with ddp_spawn
+    the main process never sees the workers' module, so stages read compute totals from disk."""
+    import json
+
+    vals = torch.tensor([float(getattr(module, n)) for n in names], dtype=torch.float64)
+    if module.trainer.world_size > 1:
+        vals = vals.to(module.device)
+        torch.distributed.all_reduce(vals)
+    if module.trainer.is_global_zero and path is not None:
+        from pathlib import Path
+
+        Path(path).write_text(json.dumps(dict(zip(names, vals.cpu().tolist()))))
+
+
+def read_counts(module, path) -> None:
+    import json
+    from pathlib import Path
+
+    if path is not None and Path(path).exists():
+        for k, v in json.loads(Path(path).read_text()).items():
+            setattr(module, k, int(v))
+
+
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean negative log-likelihood per response token (prompt tokens and padding carry no loss).
 
@@ -73,7 +97,9 @@ class SFTModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer):
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack([g.detach().abs().sum() for g in grads]).sum()):
+        if not grads:  # the loss was skipped (non-finite): nothing to check, keep the bad-step count
+            return
+        if not torch.isfinite(torch.stack([g.detach().abs().sum() for g in grads]).sum()):
             for p in self.model.parameters():
                 p.grad = None  # AdamW skips parameters without a gradient: the step is skipped
             self._bad_step("gradient")
@@ -82,11 +108,18 @@ class SFTModule(L.LightningModule):
 
     def _bad_step(self, what: str) -> None:
         self.bad_steps += 1
-        log.warning("non-finite %s at step %d: step skipped (%d in a row)", what, self.global_step, self.bad_steps)
+        log.warning(
+            "non-finite %s at step %d: step skipped (%d in a row)", what, self.global_step, self.bad_steps
+        )
         if self.bad_steps >= self.hparams.max_bad_steps:
             raise NonFiniteError(
                 f"{self.bad_steps} consecutive non-finite {what}s in SFT; stopping. Lower sft.lr or check the data"
             )
+
+    counts_path = None  # set by the stage: where on_train_end writes the all-rank totals
+
+    def on_train_end(self):
+        write_counts(self, ("trained_tokens",), self.counts_path)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["densepath"] = {"trained_tokens": self.trained_tokens, "bad_steps": self.bad_steps}

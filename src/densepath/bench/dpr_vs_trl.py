@@ -85,11 +85,17 @@ class RLBenchConfig:
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"--precision {self.precision!r}: choose bf16 or fp32.")
         if self.k < 2:
-            raise ValueError(f"--k must be >= 2 (leave-one-out / RLOO need 2 samples per prompt), got {self.k}.")
+            raise ValueError(
+                f"--k must be >= 2 (leave-one-out / RLOO need 2 samples per prompt), got {self.k}."
+            )
         if self.steps < 2:
-            raise ValueError(f"--steps must be >= 2 (the first step of each block is a warm-up), got {self.steps}.")
+            raise ValueError(
+                f"--steps must be >= 2 (the first step of each block is a warm-up), got {self.steps}."
+            )
         if self.kl_coef <= 0:
-            raise ValueError(f"--kl-coef must be > 0 (TRL runs with a KL reference, beta > 0), got {self.kl_coef}.")
+            raise ValueError(
+                f"--kl-coef must be > 0 (TRL runs with a KL reference, beta > 0), got {self.kl_coef}."
+            )
         for name in ("prompts", "max_new_tokens", "rounds", "threads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
@@ -109,10 +115,26 @@ def _fixed_length_sampler(tokenizer, max_new_tokens: int):
     from densepath.sampling.hf import HFSampler
 
     class FixedLengthSampler(HFSampler):
-        def generate(self, model, prompts, *, k=1, max_new_tokens=None, temperature=None, greedy=False, min_new_tokens=0):
+        def generate(
+            self,
+            model,
+            prompts,
+            *,
+            k=1,
+            max_new_tokens=None,
+            temperature=None,
+            greedy=False,
+            min_new_tokens=0,
+        ):
             n = int(max_new_tokens or self.max_new_tokens)
             return super().generate(
-                model, prompts, k=k, max_new_tokens=n, temperature=temperature, greedy=greedy, min_new_tokens=n
+                model,
+                prompts,
+                k=k,
+                max_new_tokens=n,
+                temperature=temperature,
+                greedy=greedy,
+                min_new_tokens=n,
             )
 
     return FixedLengthSampler(max_new_tokens=max_new_tokens).configure(tokenizer)
@@ -135,7 +157,9 @@ class DtypeProbe:
     def __init__(self, model) -> None:
         self.dtypes: set[str] = set()
         layer = model.model.layers[0].mlp.down_proj
-        self.handle = layer.register_forward_hook(lambda m, i, o: self.dtypes.add(str(o.dtype).removeprefix("torch.")))
+        self.handle = layer.register_forward_hook(
+            lambda m, i, o: self.dtypes.add(str(o.dtype).removeprefix("torch."))
+        )
 
 
 # --------------------------------------------------------------------------- #
@@ -169,7 +193,9 @@ def run_densepath_block(cfg: RLBenchConfig, module, n_prompts: int, block: int) 
             records.append(rec)
 
     g = torch.Generator().manual_seed(cfg.seed + block)
-    loader = DataLoader(list(range(n_prompts)), batch_size=cfg.prompts, shuffle=True, generator=g, drop_last=True)
+    loader = DataLoader(
+        list(range(n_prompts)), batch_size=cfg.prompts, shuffle=True, generator=g, drop_last=True
+    )
     trainer = L.Trainer(
         max_steps=cfg.steps,
         accelerator="cpu",
@@ -237,7 +263,11 @@ def run_trl_block(
     with tempfile.TemporaryDirectory() as tmp:
         args = trl_config(cfg, tmp, seed=cfg.seed + block)
         trainer = RLOOTrainer(
-            model=policy_dir, reward_funcs=reward_fn, args=args, train_dataset=dataset, processing_class=tokenizer
+            model=policy_dir,
+            reward_funcs=reward_fn,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
         )
         orig_generate = trainer._generate
         orig_gen_score = trainer._generate_and_score_completions
@@ -338,7 +368,9 @@ def run(cfg: RLBenchConfig) -> dict:
     )  # fmt: skip
     timings: dict = defaultdict(float)
     reward_fn = make_trl_reward(reward, prompt_ids, tok.pad_token_id, cfg.precision, timings)
-    dataset = Dataset.from_list([{"prompt": chat_messages(r.prompt), "prompt_idx": i} for i, r in enumerate(rows)])
+    dataset = Dataset.from_list(
+        [{"prompt": chat_messages(r.prompt), "prompt_idx": i} for i, r in enumerate(rows)]
+    )
     probe_dp, trl_dtypes = DtypeProbe(policy_dp), set()
     policy_dir = tempfile.mkdtemp(prefix="densepath-bench-policy-")
     sft.save_pretrained(policy_dir)  # TRL loads its policy and its KL reference from here: = pi_SFT
@@ -404,8 +436,14 @@ def summarize(cfg: RLBenchConfig, res: dict) -> tuple[str, float]:
     med = {side: {c: median([r[c] for r in rs]) for c in cols} for side, rs in recs.items()}
     for side in ("densepath", "trl"):
         rows.append([side] + [med[side][c] for c in cols] + [cfg.tokens_per_step / med[side]["step"]])
-    rows.append(["densepath/trl"] + [med["densepath"][c] / med["trl"][c] if med["trl"][c] else float("nan") for c in cols] + [""])
-    lines.append(md_table(["variant", "step s", "generate s", "score s", "update s", "other s", "gen tok/s"], rows))
+    rows.append(
+        ["densepath/trl"]
+        + [med["densepath"][c] / med["trl"][c] if med["trl"][c] else float("nan") for c in cols]
+        + [""]
+    )
+    lines.append(
+        md_table(["variant", "step s", "generate s", "score s", "update s", "other s", "gen tok/s"], rows)
+    )
     trl_reward = median([r["reward"] for r in recs["trl"]])
     trl_other = median([r["policy+ref logp"] for r in recs["trl"]])
     lines.append(
@@ -448,11 +486,15 @@ def profile_tables(cfg: RLBenchConfig, top: int = 15) -> str:
 
 def parse_args(argv: Sequence[str]) -> tuple[RLBenchConfig, bool]:
     """CLI flags for every :class:`RLBenchConfig` field, plus ``--check``."""
-    p = argparse.ArgumentParser(prog="python -m densepath.bench dpr_vs_trl", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m densepath.bench dpr_vs_trl", description=__doc__.split("\n")[0]
+    )
     for f in dataclasses.fields(RLBenchConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
-    p.add_argument("--check", action="store_true", help=f"exit 1 if the densepath/trl step ratio > {MAX_STEP_RATIO}")
+    p.add_argument(
+        "--check", action="store_true", help=f"exit 1 if the densepath/trl step ratio > {MAX_STEP_RATIO}"
+    )
     p.add_argument("--profile", action="store_true", help="instead of timing, profile one block per side")
     ns = vars(p.parse_args(list(argv)))
     flags = (ns.pop("check"), ns.pop("profile"))
@@ -468,7 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import trl  # noqa: F401
     except ImportError:
-        logger.error("dpr_vs_trl needs TRL: pip install 'densepath[bench]' (or pip install trl 'torch==<yours>').")
+        logger.error(
+            "dpr_vs_trl needs TRL: pip install 'densepath[bench]' (or pip install trl 'torch==<yours>')."
+        )
         return 2
     if prof:
         sys.stdout.write(profile_tables(cfg) + "\n")

@@ -115,16 +115,25 @@ def run(cfg: FlopsConfig) -> dict:
     gen_tokens = rows_per_step * cfg.max_new_tokens
     seq_tokens = prompt_tokens * cfg.k + gen_tokens  # prompt + response positions per step
     stages = {
-        "SFT step (train)": (sft_s, model_flops(n, in_tokens, "train")),
+        f"SFT, {cfg.sft_steps - scfg.warmup} steps (train)": (sft_s, model_flops(n, in_tokens, "train")),
         "DPR generate (infer)": (median([r["generate"] for r in recs]), model_flops(n, seq_tokens, "infer")),
-        "DPR score, 2 models (infer)": (median([r["score"] for r in recs]), 2 * model_flops(n, seq_tokens, "infer")),
+        "DPR score, 2 models (infer)": (
+            median([r["score"] for r in recs]),
+            2 * model_flops(n, seq_tokens, "infer"),
+        ),
         "DPR update (train)": (median([r["update"] for r in recs]), model_flops(n, seq_tokens, "train")),
         "DPR step (all)": (
             median([r["step"] for r in recs]),
             model_flops(n, seq_tokens, "infer") * 3 + model_flops(n, seq_tokens, "train"),
         ),
     }
-    return {"peaks": peaks, "peaks_before": peaks_before, "peaks_after": peaks_after, "stages": stages, "n": n}
+    return {
+        "peaks": peaks,
+        "peaks_before": peaks_before,
+        "peaks_after": peaks_after,
+        "stages": stages,
+        "n": n,
+    }
 
 
 def run_dpr_only(rcfg) -> tuple[list[dict], int]:
@@ -138,7 +147,9 @@ def run_dpr_only(rcfg) -> tuple[list[dict], int]:
     tok, rows = toy_tokenizer_and_rows(n_prompts, rcfg.seed)
     prompt_ids = [encode_prompt(tok, chat_messages(r.prompt)) for r in rows]
     policy = build_llama(rcfg.model, tok, rcfg.seed)
-    reward = rl.build_reward(build_llama(rcfg.model, tok, rcfg.seed), build_llama(rcfg.model, tok, rcfg.seed + 1))
+    reward = rl.build_reward(
+        build_llama(rcfg.model, tok, rcfg.seed), build_llama(rcfg.model, tok, rcfg.seed + 1)
+    )
     module = RLModule(
         policy, reward, rl._fixed_length_sampler(tok, rcfg.max_new_tokens), prompt_ids, k=rcfg.k, lr=rcfg.lr,
         kl="k3", kl_coef=rcfg.kl_coef, max_new_tokens=rcfg.max_new_tokens,
@@ -158,17 +169,27 @@ def summarize(cfg: FlopsConfig, res: dict) -> str:
         f"torch={torch.__version__}",
         f"matmul {cfg.matmul_n}^3 GFLOP/s (before / after the stages; max used): "
         + ", ".join(
-            f"{k} {res['peaks_before'][k] / 1e9:.1f} / {res['peaks_after'][k] / 1e9:.1f}" for k in sorted(peaks)
+            f"{k} {res['peaks_before'][k] / 1e9:.1f} / {res['peaks_after'][k] / 1e9:.1f}"
+            for k in sorted(peaks)
         ),
         "",
     ]
     rows = []
     for name, (secs, flops) in res["stages"].items():
         achieved = flops / secs
-        rows.append([name, secs, flops / 1e9, achieved / 1e9, achieved / peaks[compute], achieved / peaks["float32"]])
+        rows.append(
+            [name, secs, flops / 1e9, achieved / 1e9, achieved / peaks[compute], achieved / peaks["float32"]]
+        )
     lines.append(
         md_table(
-            ["stage (median step)", "s", "model GFLOP", "GFLOP/s", f"fraction of {compute} matmul", "fraction of fp32"],
+            [
+                "stage (median step)",
+                "s",
+                "model GFLOP",
+                "GFLOP/s",
+                f"fraction of {compute} matmul",
+                "fraction of fp32",
+            ],
             rows,
         )
     )

@@ -81,7 +81,9 @@ def make_datamodule(cfg: SFTBenchConfig):
     from densepath.data.formatting import encode_pair
 
     tok, rows = toy_tokenizer_and_rows(cfg.batch_size * cfg.steps, cfg.seed)
-    enc = [encode_pair(tok, chat_messages(r.prompt), r.response, where=f"row {i}") for i, r in enumerate(rows)]
+    enc = [
+        encode_pair(tok, chat_messages(r.prompt), r.response, where=f"row {i}") for i, r in enumerate(rows)
+    ]
     return tok, DemoDataModule(enc, enc[:8], tok.pad_token_id, cfg.batch_size, cfg.seed)
 
 
@@ -180,7 +182,9 @@ def run(cfg: SFTBenchConfig) -> dict:
             out[name].append(block_tokens_per_s(rec, cfg.warmup))
             out["first_loss"][name] = rec["first_loss"]
             out["tokens"][name] = rec["tokens"]
-        logger.info("round %d: lightning %.0f tok/s, plain %.0f tok/s", r, out["lightning"][-1], out["plain"][-1])
+        logger.info(
+            "round %d: lightning %.0f tok/s, plain %.0f tok/s", r, out["lightning"][-1], out["plain"][-1]
+        )
     out["n_params"] = n_params(model)
     out["vocab"] = len(tok)
     return out
@@ -199,7 +203,7 @@ def summarize(cfg: SFTBenchConfig, res: dict) -> tuple[str, float]:
         f"params={res['n_params'] / 1e6:.2f}M vocab={res['vocab']} batch={cfg.batch_size} steps/block={cfg.steps} "
         f"(first {cfg.warmup} dropped) rounds={cfg.rounds} precision={cfg.precision} threads={cfg.threads} "
         f"torch={torch.__version__}",
-        f"response tokens per block (timed steps): {sum(res['tokens']['plain'][cfg.warmup:])}; first-step loss "
+        f"response tokens per block (timed steps): {sum(res['tokens']['plain'][cfg.warmup :])}; first-step loss "
         f"lightning {res['first_loss']['lightning']:.5f} plain {res['first_loss']['plain']:.5f}",
         "",
         md_table(
@@ -213,7 +217,9 @@ def summarize(cfg: SFTBenchConfig, res: dict) -> tuple[str, float]:
 
 def parse_args(argv: Sequence[str]) -> tuple[SFTBenchConfig, bool]:
     """CLI flags for every :class:`SFTBenchConfig` field, plus ``--check``."""
-    p = argparse.ArgumentParser(prog="python -m densepath.bench sft_overhead", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m densepath.bench sft_overhead", description=__doc__.split("\n")[0]
+    )
     for f in dataclasses.fields(SFTBenchConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)

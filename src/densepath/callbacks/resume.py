@@ -76,16 +76,24 @@ class ResumableSampler(Sampler[int]):
         self.epoch = 0
         self.start = 0  # indices to skip in the current epoch (set on resume)
 
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
     def __len__(self) -> int:
-        return self.n
+        return self.n // self._rank_world()[1]
 
     def __iter__(self):
         if self.shuffle:
-            order = torch.randperm(
-                self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)
-            ).tolist()
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=gen).tolist()
         else:
             order = list(range(self.n))
+        rank, world = self._rank_world()
+        if world > 1:  # every rank gets a disjoint, equal-sized share of the same permutation
+            order = order[: len(self) * world][rank::world]
         start, self.start = self.start, 0
         self.epoch += 1
         yield from order[start:]

@@ -32,6 +32,13 @@ class SnapshotCallback(L.Callback):
         self.targets = {float(f): max(1, round(float(f) * max_steps)) for f in fractions}
         self.saved: dict[str, dict] = {}
 
+    def reload(self) -> None:
+        import json
+
+        p = self.root / "index.json"
+        if p.exists():
+            self.saved = json.loads(p.read_text())
+
     def state_dict(self):
         return {"saved": self.saved}
 
@@ -42,6 +49,7 @@ class SnapshotCallback(L.Callback):
         if trainer.is_global_zero and not (self.root / "base").exists():
             info = save_policy(pl_module.model, self.tokenizer, self.root / "base")
             self.saved["base"] = {**info, "step": 0, "samples_seen": 0, "fraction": 0.0}
+            self._write_index()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -52,3 +60,10 @@ class SnapshotCallback(L.Callback):
                 seen = step * self.batch_size * trainer.world_size
                 self.saved[key] = {**info, "step": step, "samples_seen": seen, "fraction": frac}
                 log.info("saved baseline snapshot %.2f at step %d (%d samples seen)", frac, step, seen)
+                self._write_index()
+
+    def _write_index(self) -> None:
+        import json
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "index.json").write_text(json.dumps(self.saved, indent=2))

@@ -72,7 +72,7 @@ def _check_str(value: Any, where: str, col: str, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f'{where}: "{col}" must be a string, got {type(value).__name__}')
     if not value.strip():
-        raise ValueError(f'{where}: {what} is empty ("{col}"); drop the row or fill in the {what}')
+        raise ValueError(f'{where}: {what} is empty ("{col}"); drop the row or fill in {what}')
     return value
 
 

@@ -37,6 +37,12 @@ class Collator:
         return {"prompt_ids": p, "prompt_mask": pm, "response_ids": r, "response_mask": rm}
 
 
+def _source(row: dict) -> str:
+    """Where a row came from (file + line for chat data), so an over-long row can be found and fixed."""
+    src = (row.get("meta") or {}).get("source") if isinstance(row, dict) else None
+    return f" (from {src})" if src else ""
+
+
 def encode_rows(
     tokenizer, task, rows: list[dict], max_prompt_len: int, max_response_len: int, split: str
 ) -> list[Encoded]:
@@ -48,12 +54,14 @@ def encode_rows(
         if len(e.prompt_ids) > max_prompt_len:
             raise ValueError(
                 f"data split `{split}` row {i}: prompt is {len(e.prompt_ids)} tokens, over "
-                f"data.max_prompt_len={max_prompt_len}; raise data.max_prompt_len or shorten the prompt"
+                f"data.max_prompt_len={max_prompt_len}{_source(rows[i])}; raise data.max_prompt_len or "
+                "shorten the prompt"
             )
         if len(e.response_ids) > max_response_len:
             raise ValueError(
                 f"data split `{split}` row {i}: response is {len(e.response_ids)} tokens, over "
-                f"data.max_response_len={max_response_len}; raise it or drop the row"
+                f"data.max_response_len={max_response_len}{_source(rows[i])}; raise "
+                "data.max_response_len or drop the row"
             )
     return enc
 

@@ -142,3 +142,10 @@ class SmolLM2:
         if plain.config.tie_word_embeddings:
             plain.tie_weights()
         return plain
+
+
+def decoder_layer_wrap_policy() -> set:
+    """FSDP auto-wrap policy: one FSDP unit per decoder layer of the supported architectures."""
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    return {LlamaDecoderLayer}

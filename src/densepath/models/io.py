@@ -24,17 +24,32 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def save_policy(model, tokenizer, path: str | Path) -> dict:
     """Write `path/` atomically (to `path.tmp`, then rename) and return {path, sha256}.
 
-    A crash mid-write leaves at most a `.tmp` directory, never a half-written policy.
+    A failed write (disk full, a crash) never leaves a half-written policy, and never loses the
+    previous one: the old dir is renamed aside and only removed once the new one is in place.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial write must not linger next to the policy
+        raise
     if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+        try:
+            tmp.rename(path)
+        except BaseException:
+            old.rename(path)  # put the previous policy back
+            raise
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
     weights = sorted(path.glob("*.safetensors"))
     digest = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest()
     return {"path": str(path), "sha256": digest}

@@ -42,8 +42,16 @@ def make_trainer(ctx, stage: str, *, max_steps: int, callbacks: list, logger, **
     cbs = list(callbacks) + checkpoint_callbacks(ctx.stage_dir(stage), every, int(ck.get("keep_last", 2)))
     if every > 0:
         overrides["enable_checkpointing"] = True
+    if int(ctx.cfg.trainer.get("devices", 1) or 1) != 1:
+        # ddp_spawn pickles the module through shared memory; fd passing fails in some sandboxes
+        torch.multiprocessing.set_sharing_strategy("file_system")
     return instantiate(
-        ctx.cfg.trainer, max_steps=max_steps, logger=logger, callbacks=cbs, plugins=[AtomicCheckpointIO()], **overrides
+        ctx.cfg.trainer,
+        max_steps=max_steps,
+        logger=logger,
+        callbacks=cbs,
+        plugins=[AtomicCheckpointIO()],
+        **overrides,
     )
 
 
@@ -65,17 +73,18 @@ def resume_checkpoint(ctx, stage: str) -> str | None:
     return None
 
 
+def autocast_kind(ctx) -> str | None:
+    """The autocast device type for generation/scoring when the trainer trains in bf16, else None."""
+    if not str(ctx.cfg.trainer.get("precision", "32")).startswith("bf16"):
+        return None
+    on_gpu = torch.cuda.is_available() and ctx.cfg.trainer.get("accelerator") in ("gpu", "cuda")
+    return "cuda" if on_gpu else "cpu"
+
+
 def autocast_for(ctx):
     """bf16 autocast for generation/scoring when the trainer trains in bf16 (faster on CPU too)."""
-    prec = str(ctx.cfg.trainer.get("precision", "32"))
-    if prec.startswith("bf16"):
-        device = (
-            "cuda"
-            if torch.cuda.is_available() and ctx.cfg.trainer.get("accelerator") in ("gpu", "cuda")
-            else "cpu"
-        )
-        return torch.autocast(device, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    kind = autocast_kind(ctx)
+    return torch.autocast(kind, dtype=torch.bfloat16) if kind else contextlib.nullcontext()
 
 
 def device_for(ctx) -> torch.device:

@@ -13,7 +13,7 @@ import time
 import lightning as L
 import numpy as np
 
-from densepath.algos.sft import SFTModule
+from densepath.algos.sft import SFTModule, read_counts
 from densepath.callbacks.val_eval import ValEvalCallback, val_headline_fn
 from densepath.data.datamodule import DemoDataModule, encode_rows
 from densepath.models.io import load_policy, save_policy
@@ -86,7 +86,7 @@ def run(ctx) -> dict[str, float]:
         stage_dir,
         ctx.tokenizer,
         ctx.task.headline,
-        get_model=lambda m: m.model,
+        model_attr="model",
     )
     logger = (
         ctx.tracking.logger(stage_dir, "continued_sft", ctx.run_name, flat_config(cfg))
@@ -96,9 +96,12 @@ def run(ctx) -> dict[str, float]:
     trainer = make_trainer(
         ctx, "continued_sft", max_steps=steps, callbacks=[val_cb], logger=logger, limit_val_batches=0
     )
+    module.counts_path = stage_dir / "train_counts.json"
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ctx, "continued_sft"))
     train_time = time.perf_counter() - t0
+    read_counts(module, module.counts_path)
+    val_cb.reload()
     last = save_policy(module.model, ctx.tokenizer, stage_dir / "last")
     metrics = {
         "train/steps": float(trainer.global_step),

@@ -108,6 +108,7 @@ def recovery_pass(ctx, sft_model, sft_dir: Path, out_dir: Path, device) -> dict[
             if ctx.tracking:
                 ctx.tracking.log_html("recover/heatmap", out_dir / "heatmap.html")
         _write_artefact(ctx, reward, details, samples, out_dir, device)
+    write_manifest(out_dir / "metrics.json", m)  # read back by the SFT stage (also after ddp_spawn)
     return m
 
 
@@ -186,8 +187,12 @@ def run(ctx) -> dict[str, float]:
     if ctx.tracking:
         ctx.tracking.log_metrics({f"recover/{k}": v for k, v in metrics.items()})
         manifest["wandb_artifact"] = ctx.artifact_name("recover")
-        ctx.tracking.log_artifact(manifest["wandb_artifact"], "reward", stage_dir, {"formulation": reward.spec.name})
-        ctx.tracking.finish({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)})
+        ctx.tracking.log_artifact(
+            manifest["wandb_artifact"], "reward", stage_dir, {"formulation": reward.spec.name}
+        )
+        ctx.tracking.finish(
+            {f"final/{k}": v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
+        )
     ctx.record("recover", metrics, manifest)
     return metrics
 

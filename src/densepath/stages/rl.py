@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 
 from densepath.algos.rl import RLModule
+from densepath.algos.sft import read_counts
 from densepath.callbacks.resume import ResumableLoader
 from densepath.callbacks.samples import SampleTableCallback
 from densepath.callbacks.val_eval import ValEvalCallback, val_headline_fn
@@ -56,16 +57,23 @@ def reward_and_kl_extra(reward: DenseReward, policy):
     return extra
 
 
-def _verifier(ctx, rows):
-    tok, task = ctx.tokenizer, ctx.task
+class Verifier:
+    """Ground truth of RL samples (picklable: ddp_spawn ships the module to worker processes)."""
 
-    def verify(prompt_idx, b):
+    def __init__(self, tokenizer, task, rows):
+        self.tok, self.task, self.rows = tokenizer, task, rows
+
+    def __call__(self, prompt_idx, b):
         ids, mask = b.response_ids.cpu(), b.response_mask.cpu().bool()
-        texts = [tok.decode(ids[i][mask[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])]
-        rws = [rows[prompt_idx[i // b.k]] for i in range(ids.shape[0])]
-        return {k: v for k, v in task.score(rws, texts).items() if k != "valid"}
+        texts = [
+            self.tok.decode(ids[i][mask[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])
+        ]
+        rws = [self.rows[prompt_idx[i // b.k]] for i in range(ids.shape[0])]
+        return {k: v for k, v in self.task.score(rws, texts).items() if k != "valid"}
 
-    return verify
+
+def _verifier(ctx, rows) -> Verifier:
+    return Verifier(ctx.tokenizer, ctx.task, rows)
 
 
 def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
@@ -108,7 +116,7 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
         stage_dir,
         ctx.tokenizer,
         ctx.task.headline,
-        get_model=lambda m: m.policy,
+        model_attr="policy",
     )
     loader = ResumableLoader(list(range(len(prompts))), acfg.prompts_per_step, cfg.seed)
     logger = ctx.tracking.logger(stage_dir, stage, ctx.run_name, flat_config(cfg)) if ctx.tracking else False
@@ -128,9 +136,12 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
         logger=logger,
         gradient_clip_val=None,
     )
+    module.counts_path = stage_dir / "train_counts.json"
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_checkpoint(ctx, stage))
     train_time = time.perf_counter() - t0
+    read_counts(module, module.counts_path)
+    val_cb.reload()
     last = save_policy(module.policy, ctx.tokenizer, stage_dir / "last")
 
     metrics = {
@@ -179,7 +190,9 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
     }
     if ctx.tracking:
         manifest["wandb_artifact"] = ctx.artifact_name(stage)
-        ctx.tracking.log_artifact(manifest["wandb_artifact"], "model", stage_dir / "best", {"best_step": val_cb.best_step})
+        ctx.tracking.log_artifact(
+            manifest["wandb_artifact"], "model", stage_dir / "best", {"best_step": val_cb.best_step}
+        )
     ctx.record(stage, metrics, manifest)
     if ctx.tracking:
         ctx.tracking.finish(

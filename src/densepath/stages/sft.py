@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
 import lightning as L
 from hydra.utils import instantiate
 
-from densepath.algos.sft import SFTModule
+from densepath.algos.sft import SFTModule, read_counts
 from densepath.callbacks.reward_recovery import RewardRecoveryCallback
 from densepath.callbacks.snapshots import SnapshotCallback
 from densepath.data.datamodule import DemoDataModule, encode_rows
@@ -65,9 +66,12 @@ def run(ctx) -> dict[str, float]:
         val_check_interval=min(scfg.val_every, scfg.steps),
         check_val_every_n_epoch=None,
     )
+    module.counts_path = stage_dir / "train_counts.json"
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ctx, "sft"))
     train_time = time.perf_counter() - t0
+    read_counts(module, module.counts_path)  # totals over ranks (ddp) / survives ddp_spawn
+    snaps.reload()
     policy = save_policy(module.model, tok, stage_dir / "policy")
 
     metrics = {
@@ -81,9 +85,9 @@ def run(ctx) -> dict[str, float]:
     for k in ("train/loss", "val/loss"):
         if k in trainer.callback_metrics:
             metrics[k] = float(trainer.callback_metrics[k])
-    for cb in callbacks:
-        if isinstance(cb, RewardRecoveryCallback):
-            metrics.update({f"recovery/{k}": v for k, v in cb.last_metrics.items()})
+    rec = stage_dir / "recovery" / "final" / "metrics.json"
+    if rec.exists():  # written by RewardRecoveryCallback on rank 0
+        metrics.update({f"recovery/{k}": v for k, v in json.loads(rec.read_text()).items()})
     metrics.update(evaluate_and_report(ctx, module.model, title="SFT policy on `eval`"))
     manifest = {
         "checkpoints": {"policy": policy, **{f"snapshot_{k}": v for k, v in snaps.saved.items()}},
@@ -94,7 +98,9 @@ def run(ctx) -> dict[str, float]:
     }
     if ctx.tracking:
         manifest["wandb_artifact"] = ctx.artifact_name("sft")
-        ctx.tracking.log_artifact(manifest["wandb_artifact"], "model", stage_dir / "policy", {"sha256": policy["sha256"]})
+        ctx.tracking.log_artifact(
+            manifest["wandb_artifact"], "model", stage_dir / "policy", {"sha256": policy["sha256"]}
+        )
     ctx.record("sft", metrics, manifest)
     if ctx.tracking:
         ctx.tracking.finish({f"final/{k}": v for k, v in metrics.items()})
