@@ -33,16 +33,23 @@ def write_counts(module: L.LightningModule, names: tuple[str, ...], path) -> Non
     if module.trainer.is_global_zero and path is not None:
         from pathlib import Path
 
-        Path(path).write_text(json.dumps(dict(zip(names, vals.cpu().tolist()))))
+        counts = dict(zip(names, vals.cpu().tolist()))
+        counts["global_step"] = module.trainer.global_step
+        Path(path).write_text(json.dumps(counts))
 
 
-def read_counts(module, path) -> None:
+def read_counts(module, path) -> int | None:
+    """Restore the all-rank counters on `module`; returns the final global step (None if unknown)."""
     import json
     from pathlib import Path
 
-    if path is not None and Path(path).exists():
-        for k, v in json.loads(Path(path).read_text()).items():
-            setattr(module, k, int(v))
+    if path is None or not Path(path).exists():
+        return None
+    counts = json.loads(Path(path).read_text())
+    step = counts.pop("global_step", None)
+    for k, v in counts.items():
+        setattr(module, k, int(v))
+    return None if step is None else int(step)
 
 
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -159,7 +159,7 @@ def run_plain(cfg: SFTBenchConfig, model, dm) -> dict:
         opt.step()
         sched.step()
         if step == 0:
-            first_loss = float(loss)
+            first_loss = float(loss.detach())
         ends.append(time.perf_counter())
     return {"starts": starts, "ends": ends, "tokens": tokens, "first_loss": first_loss}
 

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class ValEvalCallback(L.Callback):
-    def __init__(self, evaluate_fn, every_n_steps: int, save_dir: Path, tokenizer, metric: str, model_attr: str):
+    def __init__(
+        self, evaluate_fn, every_n_steps: int, save_dir: Path, tokenizer, metric: str, model_attr: str
+    ):
         self.evaluate_fn = evaluate_fn  # model -> float (the val headline, sampled)
         self.every = max(1, int(every_n_steps))
         self.save_dir = Path(save_dir)

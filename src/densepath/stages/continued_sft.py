@@ -100,11 +100,12 @@ def run(ctx) -> dict[str, float]:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ctx, "continued_sft"))
     train_time = time.perf_counter() - t0
-    read_counts(module, module.counts_path)
+    steps_done = read_counts(module, module.counts_path)
+    steps_done = trainer.global_step if steps_done is None else steps_done
     val_cb.reload()
     last = save_policy(module.model, ctx.tokenizer, stage_dir / "last")
     metrics = {
-        "train/steps": float(trainer.global_step),
+        "train/steps": float(steps_done),
         "train/trained_tokens": float(module.trained_tokens),
         "train/generated_tokens": 0.0,
         "train/batch_size": float(batch_size),
@@ -135,7 +136,7 @@ def run(ctx) -> dict[str, float]:
         "parent_sft": str(sft_dir),
         "matched_to_dpr": matched is not None,
         "compute": {
-            "optimiser_steps": trainer.global_step,
+            "optimiser_steps": steps_done,
             "trained_tokens": module.trained_tokens,
             "generated_tokens": 0,
         },

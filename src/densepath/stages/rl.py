@@ -140,12 +140,13 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_checkpoint(ctx, stage))
     train_time = time.perf_counter() - t0
-    read_counts(module, module.counts_path)
+    steps_done = read_counts(module, module.counts_path)
+    steps_done = trainer.global_step if steps_done is None else steps_done
     val_cb.reload()
     last = save_policy(module.policy, ctx.tokenizer, stage_dir / "last")
 
     metrics = {
-        "train/steps": float(trainer.global_step),
+        "train/steps": float(steps_done),
         "train/trained_tokens": float(module.trained_tokens),
         "train/generated_tokens": float(module.generated_tokens),
         "train/time_s": train_time,
@@ -183,7 +184,7 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
         "parent_sft": str(sft_dir),
         "val_history": val_cb.history,
         "compute": {
-            "optimiser_steps": trainer.global_step,
+            "optimiser_steps": steps_done,
             "trained_tokens": module.trained_tokens,
             "generated_tokens": module.generated_tokens,
         },

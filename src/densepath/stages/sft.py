@@ -70,12 +70,15 @@ def run(ctx) -> dict[str, float]:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ctx, "sft"))
     train_time = time.perf_counter() - t0
-    read_counts(module, module.counts_path)  # totals over ranks (ddp) / survives ddp_spawn
+    steps_done = read_counts(module, module.counts_path)
+    steps_done = (
+        trainer.global_step if steps_done is None else steps_done
+    )  # totals over ranks (ddp) / survives ddp_spawn
     snaps.reload()
     policy = save_policy(module.model, tok, stage_dir / "policy")
 
     metrics = {
-        "train/steps": float(trainer.global_step),
+        "train/steps": float(steps_done),
         "train/trained_tokens": float(module.trained_tokens),
         "train/tokens_per_s": module.trained_tokens / max(train_time, 1e-9),
         "train/time_s": train_time,
@@ -93,7 +96,7 @@ def run(ctx) -> dict[str, float]:
         "checkpoints": {"policy": policy, **{f"snapshot_{k}": v for k, v in snaps.saved.items()}},
         "snapshots": snaps.saved,
         "tokenizer_hash": ctx.manifest["tokenizer_hash"],
-        "samples_seen": trainer.global_step * scfg.batch_size,
+        "samples_seen": steps_done * scfg.batch_size * trainer.world_size,
         "final_lr": module.final_lr(),
     }
     if ctx.tracking:
