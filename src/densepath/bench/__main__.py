@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "sft_overhead": "densepath.bench.sft_overhead",
     "flops": "densepath.bench.flops",
     "generation": "densepath.bench.generation",
+    "e2e": "densepath.bench.e2e",
 }
 
 

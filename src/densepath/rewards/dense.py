@@ -28,6 +28,7 @@ class RewardSpec:
     uses_baseline: bool = True
     scale: float = 1.0
     clip: float | None = None
+    dtype: str = "float32"  # the frozen scorers' precision (e.g. bfloat16 on GPU: half the memory)
 
     def __post_init__(self):
         if self.name not in F.FORMULATION_NAMES:

@@ -16,6 +16,7 @@ import numpy as np
 from densepath.algos.sft import SFTModule, read_counts
 from densepath.callbacks.val_eval import ValEvalCallback, val_headline_fn
 from densepath.data.datamodule import DemoDataModule, encode_rows
+from densepath.models.factory import prepare_policy
 from densepath.models.io import load_policy, save_policy
 from densepath.stages.common import (
     device_for,
@@ -46,7 +47,7 @@ def run(ctx) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     sft_dir = ctx.artefact_dir("sft")
     sft_man = json.loads((sft_dir / "manifest.json").read_text())
-    policy, _ = load_policy(sft_dir / "policy")
+    policy = prepare_policy(load_policy(sft_dir / "policy")[0], cfg.model)
     matched = _dpr_compute(ctx)
     probe = ctx.task.fresh_demonstrations(256, cfg.seed + 1)
     enc_probe = encode_rows(

@@ -16,6 +16,7 @@ from densepath.callbacks.resume import ResumableLoader
 from densepath.callbacks.samples import SampleTableCallback
 from densepath.callbacks.val_eval import ValEvalCallback, val_headline_fn
 from densepath.data.formatting import encode_prompt
+from densepath.models.factory import prepare_policy
 from densepath.models.io import load_policy, save_policy
 from densepath.rewards.dense import DenseReward
 from densepath.rewards.logprobs import response_logprobs
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 def build_reward(ctx, device) -> DenseReward:
     spec = instantiate(ctx.cfg.reward)
     baseline = instantiate(ctx.cfg.baseline) if spec.uses_baseline else None
-    reward = DenseReward.from_sft_dir(spec, baseline, ctx.artefact_dir("sft"), ctx.tokenizer, device)
+    reward = DenseReward.from_sft_dir(
+        spec, baseline, ctx.artefact_dir("sft"), ctx.tokenizer, device, dtype=getattr(torch, spec.dtype)
+    )
     ctx.manifest["reward"] = reward.describe()
     ctx.manifest["baseline"] = reward.baseline_name
     return reward
@@ -82,7 +85,7 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     device = device_for(ctx)
     sft_dir = ctx.artefact_dir("sft")
-    policy, _ = load_policy(sft_dir / "policy")
+    policy = prepare_policy(load_policy(sft_dir / "policy")[0], cfg.model)
     reward = build_reward(ctx, device)
     sampler = instantiate(cfg.sampler).configure(ctx.tokenizer)
     rows = ctx.task.splits()["rl"]

@@ -13,7 +13,7 @@ from densepath.algos.sft import SFTModule, read_counts
 from densepath.callbacks.reward_recovery import RewardRecoveryCallback
 from densepath.callbacks.snapshots import SnapshotCallback
 from densepath.data.datamodule import DemoDataModule, encode_rows
-from densepath.models.factory import count_params
+from densepath.models.factory import count_params, prepare_policy
 from densepath.models.io import save_policy
 from densepath.stages.common import evaluate_and_report, flat_config, make_trainer, resume_checkpoint
 
@@ -33,6 +33,7 @@ def run(ctx) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     spec, tok = build_tokenizer(ctx)
     model = spec.build(tok)
+    model = prepare_policy(model, cfg.model)
     splits = ctx.task.splits()
     train = encode_rows(tok, ctx.task, splits["sft"], dcfg.max_prompt_len, dcfg.max_response_len, "sft")
     val = encode_rows(
