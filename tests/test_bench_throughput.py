@@ -59,8 +59,9 @@ def test_generation_both_variants_generate_exactly_prompts_k_tokens():
     assert ratio > 0 and "tokens per call: 30" in report
 
 
+@pytest.mark.slow
 def test_dpr_vs_trl_matches_tokens_and_reports_phases():
-    pytest.importorskip("trl")
+    # trl is a dev/bench extra (installed by `make test`), never a runtime dependency
     from densepath.bench import dpr_vs_trl
 
     cfg = dpr_vs_trl.RLBenchConfig(
