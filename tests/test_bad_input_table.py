@@ -62,7 +62,9 @@ def sft_on_jsonl(lines: list[str] | bytes, name: str = "bad.jsonl") -> Callable[
 
     def call(sft_run: Path, tmp: Path) -> None:
         f = tmp / "in" / name
-        run_cfg([*TINY, "algo=sft", "data=jsonl", f"data.path={f}", f"data.cache_dir={tmp / 'cache'}"], tmp / "r")
+        run_cfg(
+            [*TINY, "algo=sft", "data=jsonl", f"data.path={f}", f"data.cache_dir={tmp / 'cache'}"], tmp / "r"
+        )
 
     call.setup = lambda tmp: write_jsonl(tmp / "in" / name, lines)  # type: ignore[attr-defined]
     return call
@@ -123,7 +125,9 @@ def _bad_reward_name(sft_run, tmp):
 def _hf_missing_column(sft_run, tmp):
     from densepath.data.chat import HFDatasetTask
 
-    HFDatasetTask(name_or_path=str(tmp / "in" / "ds"), columns={"prompt": "question", "response": "a"}).splits()
+    HFDatasetTask(
+        name_or_path=str(tmp / "in" / "ds"), columns={"prompt": "question", "response": "a"}
+    ).splits()
 
 
 def _save_dataset(tmp: Path) -> None:
@@ -138,76 +142,195 @@ _hf_missing_column.setup = _save_dataset  # type: ignore[attr-defined]
 
 TABLE: list[Case] = [
     # --- data files
-    Case("malformed_jsonl", sft_on_jsonl([good(0), "{not json"]), ValueError,
-         ["data.path=", "bad.jsonl line 2", "invalid JSON", "write one JSON object per line"]),
+    Case(
+        "malformed_jsonl",
+        sft_on_jsonl([good(0), "{not json"]),
+        ValueError,
+        ["data.path=", "bad.jsonl line 2", "invalid JSON", "write one JSON object per line"],
+    ),
     Case("empty_file", sft_on_jsonl(b""), ValueError, ["bad.jsonl is empty", "one JSON object per line"]),
-    Case("blank_lines_only", sft_on_jsonl(b"\n \n\n"), ValueError, ["bad.jsonl has no rows", "one JSON object"]),
-    Case("missing_field", sft_on_jsonl([good(0), json.dumps({"prompt": "q"})]), ValueError,
-         ["bad.jsonl line 2", '"response" is missing', 'each row needs "messages" or "prompt"+"response"']),
-    Case("no_known_field", sft_on_jsonl([json.dumps({"text": "q"})]), ValueError,
-         ["line 1", '"messages" is missing', "keys found: ['text']"]),
-    Case("wrong_type_response", sft_on_jsonl([good(0), json.dumps({"prompt": "q", "response": 5})]), ValueError,
-         ["bad.jsonl line 2", '"response" must be a string, got int']),
-    Case("wrong_type_messages", sft_on_jsonl([json.dumps({"messages": "hi"})]), ValueError,
-         ["line 1", '"messages" must be a non-empty list of {"role", "content"} objects']),
-    Case("unknown_role", sft_on_jsonl([json.dumps({"messages": [{"role": "human", "content": "q"},
-                                                                {"role": "assistant", "content": "a"}]})]),
-         ValueError, ["line 1", "role is 'human'", "use one of ['system', 'user', 'assistant']"]),
-    Case("non_utf8", sft_on_jsonl((good(0) + "\n").encode() + '{"prompt": "caf\u00e9", "response": "x"}\n'.encode("latin-1")),
-         ValueError, ["bad.jsonl is not valid UTF-8", "line 2", "re-encode the file as UTF-8"]),
-    Case("empty_response", sft_on_jsonl([good(0), json.dumps({"prompt": "q", "response": "  "})]), ValueError,
-         ["bad.jsonl line 2", "the assistant answer is empty", "drop the row or fill in the assistant answer"]),
-    Case("too_few_prompts", sft_on_jsonl([good(i) for i in range(3)]), ValueError,
-         ["bad.jsonl has 3 distinct prompt", "add rows or lower the data.*_fraction values"]),
-    Case("data_file_missing",
-         lambda s, t: run_cfg([*TINY, "algo=sft", "data=jsonl", f"data.path={t / 'nope.jsonl'}"], t / "r"),
-         FileNotFoundError, ["data.path=", "nope.jsonl does not exist", "pass data.path=/absolute/path"]),
-    Case("data_path_is_dir",
-         lambda s, t: run_cfg([*TINY, "algo=sft", "data=jsonl", f"data.path={t}"], t / "r"),
-         IsADirectoryError, ["is a directory", "pass the .jsonl file itself"]),
-    Case("hf_missing_column", _hf_missing_column, ValueError,
-         ["column 'question' (data.columns.prompt) does not exist", "available columns: ['q', 'a']",
-          "set data.columns.prompt"]),
+    Case(
+        "blank_lines_only", sft_on_jsonl(b"\n \n\n"), ValueError, ["bad.jsonl has no rows", "one JSON object"]
+    ),
+    Case(
+        "missing_field",
+        sft_on_jsonl([good(0), json.dumps({"prompt": "q"})]),
+        ValueError,
+        ["bad.jsonl line 2", '"response" is missing', 'each row needs "messages" or "prompt"+"response"'],
+    ),
+    Case(
+        "no_known_field",
+        sft_on_jsonl([json.dumps({"text": "q"})]),
+        ValueError,
+        ["line 1", '"messages" is missing', "keys found: ['text']"],
+    ),
+    Case(
+        "wrong_type_response",
+        sft_on_jsonl([good(0), json.dumps({"prompt": "q", "response": 5})]),
+        ValueError,
+        ["bad.jsonl line 2", '"response" must be a string, got int'],
+    ),
+    Case(
+        "wrong_type_messages",
+        sft_on_jsonl([json.dumps({"messages": "hi"})]),
+        ValueError,
+        ["line 1", '"messages" must be a non-empty list of {"role", "content"} objects'],
+    ),
+    Case(
+        "unknown_role",
+        sft_on_jsonl(
+            [
+                json.dumps(
+                    {"messages": [{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]}
+                )
+            ]
+        ),
+        ValueError,
+        ["line 1", "role is 'human'", "use one of ['system', 'user', 'assistant']"],
+    ),
+    Case(
+        "non_utf8",
+        sft_on_jsonl(
+            (good(0) + "\n").encode() + '{"prompt": "caf\u00e9", "response": "x"}\n'.encode("latin-1")
+        ),
+        ValueError,
+        ["bad.jsonl is not valid UTF-8", "line 2", "re-encode the file as UTF-8"],
+    ),
+    Case(
+        "empty_response",
+        sft_on_jsonl([good(0), json.dumps({"prompt": "q", "response": "  "})]),
+        ValueError,
+        ["bad.jsonl line 2", "the assistant answer is empty", "drop the row or fill in the assistant answer"],
+    ),
+    Case(
+        "too_few_prompts",
+        sft_on_jsonl([good(i) for i in range(3)]),
+        ValueError,
+        ["bad.jsonl has 3 distinct prompt", "add rows or lower the data.*_fraction values"],
+    ),
+    Case(
+        "data_file_missing",
+        lambda s, t: run_cfg([*TINY, "algo=sft", "data=jsonl", f"data.path={t / 'nope.jsonl'}"], t / "r"),
+        FileNotFoundError,
+        ["data.path=", "nope.jsonl does not exist", "pass data.path=/absolute/path"],
+    ),
+    Case(
+        "data_path_is_dir",
+        lambda s, t: run_cfg([*TINY, "algo=sft", "data=jsonl", f"data.path={t}"], t / "r"),
+        IsADirectoryError,
+        ["is a directory", "pass the .jsonl file itself"],
+    ),
+    Case(
+        "hf_missing_column",
+        _hf_missing_column,
+        ValueError,
+        [
+            "column 'question' (data.columns.prompt) does not exist",
+            "available columns: ['q', 'a']",
+            "set data.columns.prompt",
+        ],
+    ),
     # --- lengths
-    Case("prompt_over_max_len", lambda s, t: run_cfg([*TINY, "algo=sft", "data.max_prompt_len=3"], t / "r"),
-         ValueError, ["split `sft` row 0", "over data.max_prompt_len=3", "raise data.max_prompt_len"]),
-    Case("response_over_max_len", lambda s, t: run_cfg([*TINY, "algo=sft", "data.max_response_len=2"], t / "r"),
-         ValueError, ["split `sft` row 0", "over data.max_response_len=2", "raise data.max_response_len"]),
+    Case(
+        "prompt_over_max_len",
+        lambda s, t: run_cfg([*TINY, "algo=sft", "data.max_prompt_len=3"], t / "r"),
+        ValueError,
+        ["split `sft` row 0", "over data.max_prompt_len=3", "raise data.max_prompt_len"],
+    ),
+    Case(
+        "response_over_max_len",
+        lambda s, t: run_cfg([*TINY, "algo=sft", "data.max_response_len=2"], t / "r"),
+        ValueError,
+        ["split `sft` row 0", "over data.max_response_len=2", "raise data.max_response_len"],
+    ),
     # --- config
     Case("unknown_config_key", _unknown_key, ConfigCompositionException, ["sft.stepz", "+sft.stepz"]),
-    Case("unknown_group_option", _unknown_option, MissingConfigException, ["baseline/halfway", "sft_half", "sft_fraction"]),
-    Case("unknown_stage", lambda s, t: run_cfg([*TINY, "algo.stages=[sft,dpo]"], t / "r"), ValueError,
-         ["algo.stages: unknown stage `dpo`", "choose from", "'dpr'"]),
-    Case("unknown_reward_name", _bad_reward_name, InstantiationException, ["reward.name='log_ration'", "choose one of", "log_ratio"]),
-    Case("bad_snapshot_fraction",
-         lambda s, t: run_cfg([*TINY, "algo=sft", "sft.snapshot_fractions=[1.5]"], t / "r"),
-         ValueError, ["snapshot_fractions", "1.5", "not in (0, 1)"]),
-    Case("loo_with_one_sample",
-         lambda s, t: run_cfg([*TINY, "algo=dpr", "algo.k=1", f"parent_run={s}"], t / "r"),
-         ValueError, ["algo.advantage=loo", "algo.k >= 2"]),
+    Case(
+        "unknown_group_option",
+        _unknown_option,
+        MissingConfigException,
+        ["baseline/halfway", "sft_half", "sft_fraction"],
+    ),
+    Case(
+        "unknown_stage",
+        lambda s, t: run_cfg([*TINY, "algo.stages=[sft,dpo]"], t / "r"),
+        ValueError,
+        ["algo.stages: unknown stage `dpo`", "choose from", "'dpr'"],
+    ),
+    Case(
+        "unknown_reward_name",
+        _bad_reward_name,
+        InstantiationException,
+        ["reward.name='log_ration'", "choose one of", "log_ratio"],
+    ),
+    Case(
+        "bad_snapshot_fraction",
+        lambda s, t: run_cfg([*TINY, "algo=sft", "sft.snapshot_fractions=[1.5]"], t / "r"),
+        ValueError,
+        ["snapshot_fractions", "1.5", "not in (0, 1)"],
+    ),
+    Case(
+        "loo_with_one_sample",
+        lambda s, t: run_cfg([*TINY, "algo=dpr", "algo.k=1", f"parent_run={s}"], t / "r"),
+        ValueError,
+        ["algo.advantage=loo", "algo.k >= 2"],
+    ),
     # --- checkpoints and runs
-    Case("missing_checkpoint_dir", _missing_policy_dir, FileNotFoundError,
-         ["no_policy_here", "not found (no config.json)", "parent_run=<dir>"]),
-    Case("missing_ckpt_path",
-         lambda s, t: run_cfg([*TINY, "algo=sft", f"ckpt_path={t / 'nope.ckpt'}"], t / "r"),
-         FileNotFoundError, ["ckpt_path=", "nope.ckpt", "no such checkpoint"]),
-    Case("missing_ckpt_file", _missing_ckpt_file, FileNotFoundError,
-         ["gone.ckpt not found", "pass an existing ckpt_path=... or use resume=auto"]),
-    Case("missing_parent_run",
-         lambda s, t: run_cfg([*TINY, "algo=dpr", f"parent_run={t / 'nope'}"], t / "r"),
-         FileNotFoundError, ["parent_run=", "nope: no such run directory", "Pass the Hydra output dir"]),
-    Case("parent_run_without_sft",
-         lambda s, t: run_cfg([*TINY, "algo=dpr", f"parent_run={t / 'in'}"], t / "r"),
-         FileNotFoundError, ["stage `sft` has no artefacts", "Run it first (algo=sft)", "parent_run=<dir>"]),
-    Case("baseline_fraction_not_saved",
-         lambda s, t: run_cfg([*TINY, "algo=recover", "baseline=sft_fraction", "baseline.fraction=0.3",
-                               f"parent_run={s}"], t / "r"),
-         FileNotFoundError, ["baseline.fraction=0.3", "saved fractions: ['0.25', '0.50', '0.75']",
-                             "sft.snapshot_fractions=[...,0.3]"]),
-    Case("tokenizer_mismatch_baseline", _tokenizer_mismatch_baseline, ValueError,
-         ["tokenizer mismatch: baseline snapshot 0.5", "frac_0.50", "policy's SFT run"]),
-    Case("tokenizer_mismatch_sft", _tokenizer_mismatch_sft, ValueError,
-         ["tokenizer mismatch: pi_SFT", "sft/policy", "all scorers must come from the policy's SFT run"]),
+    Case(
+        "missing_checkpoint_dir",
+        _missing_policy_dir,
+        FileNotFoundError,
+        ["no_policy_here", "not found (no config.json)", "parent_run=<dir>"],
+    ),
+    Case(
+        "missing_ckpt_path",
+        lambda s, t: run_cfg([*TINY, "algo=sft", f"ckpt_path={t / 'nope.ckpt'}"], t / "r"),
+        FileNotFoundError,
+        ["ckpt_path=", "nope.ckpt", "no such checkpoint"],
+    ),
+    Case(
+        "missing_ckpt_file",
+        _missing_ckpt_file,
+        FileNotFoundError,
+        ["gone.ckpt not found", "pass an existing ckpt_path=... or use resume=auto"],
+    ),
+    Case(
+        "missing_parent_run",
+        lambda s, t: run_cfg([*TINY, "algo=dpr", f"parent_run={t / 'nope'}"], t / "r"),
+        FileNotFoundError,
+        ["parent_run=", "nope: no such run directory", "Pass the Hydra output dir"],
+    ),
+    Case(
+        "parent_run_without_sft",
+        lambda s, t: run_cfg([*TINY, "algo=dpr", f"parent_run={t / 'in'}"], t / "r"),
+        FileNotFoundError,
+        ["stage `sft` has no artefacts", "Run it first (algo=sft)", "parent_run=<dir>"],
+    ),
+    Case(
+        "baseline_fraction_not_saved",
+        lambda s, t: run_cfg(
+            [*TINY, "algo=recover", "baseline=sft_fraction", "baseline.fraction=0.3", f"parent_run={s}"],
+            t / "r",
+        ),
+        FileNotFoundError,
+        [
+            "baseline.fraction=0.3",
+            "saved fractions: ['0.25', '0.50', '0.75']",
+            "sft.snapshot_fractions=[...,0.3]",
+        ],
+    ),
+    Case(
+        "tokenizer_mismatch_baseline",
+        _tokenizer_mismatch_baseline,
+        ValueError,
+        ["tokenizer mismatch: baseline snapshot 0.5", "frac_0.50", "policy's SFT run"],
+    ),
+    Case(
+        "tokenizer_mismatch_sft",
+        _tokenizer_mismatch_sft,
+        ValueError,
+        ["tokenizer mismatch: pi_SFT", "sft/policy", "all scorers must come from the policy's SFT run"],
+    ),
 ]
 
 
@@ -243,8 +366,16 @@ def test_all_samples_hit_max_new_tokens_still_trains(sft_run: Path, tmp_path: Pa
     before = tree_hashes(sft_run)
     run = tmp_path / "r"
     metrics = run_cfg(
-        [*TINY, "algo=dpr", f"parent_run={sft_run}", "algo.max_new_tokens=1", "sampler.max_new_tokens=1",
-         "algo.steps=2", "algo.sample_table_every=0", "trainer.log_every_n_steps=1"],
+        [
+            *TINY,
+            "algo=dpr",
+            f"parent_run={sft_run}",
+            "algo.max_new_tokens=1",
+            "sampler.max_new_tokens=1",
+            "algo.steps=2",
+            "algo.sample_table_every=0",
+            "trainer.log_every_n_steps=1",
+        ],
         run,
     )
     assert metrics["dpr/train/truncated_frac_last"] == 1.0 and metrics["dpr/train/length_last"] == 1.0
@@ -272,8 +403,12 @@ def _zero_row_batch(tok, t_len: int = 4):
 
 @pytest.mark.parametrize(
     "name,uses_baseline,scale,clip",
-    [("log_ratio", True, 1.0, None), ("sparse", True, 2.0, None), ("logprob", False, 1.0, 0.5),
-     ("soft_bellman", False, 1.0, None)],
+    [
+        ("log_ratio", True, 1.0, None),
+        ("sparse", True, 2.0, None),
+        ("logprob", False, 1.0, 0.5),
+        ("soft_bellman", False, 1.0, None),
+    ],
 )
 def test_zero_length_generation_scores_zero(sft_run: Path, name, uses_baseline, scale, clip):
     from densepath.models.io import load_policy
@@ -435,8 +570,14 @@ def test_wandb_down_run_still_finishes(tmp_path: Path, monkeypatch, caplog):
     run = tmp_path / "r"
     with caplog.at_level(logging.WARNING, logger="densepath.tracking"):
         metrics = run_cfg(
-            [*TINY, "algo=sft", "logger=wandb", "sft.steps=2", "sft.val_every=2",
-             "callbacks.reward_recovery.enabled=false"],
+            [
+                *TINY,
+                "algo=sft",
+                "logger=wandb",
+                "sft.steps=2",
+                "sft.val_every=2",
+                "callbacks.reward_recovery.enabled=false",
+            ],
             run,
         )
     assert (run / "metrics.json").exists() and "sft/train/loss" in metrics
@@ -458,9 +599,22 @@ def test_crashing_job_writes_error_json(tmp_path: Path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
     out = subprocess.run(
-        [sys.executable, "-m", "densepath", "-m", *TINY, "algo=sft", "sft.snapshot_fractions=[1.5],[2.5]",
-         f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "densepath",
+            "-m",
+            *TINY,
+            "algo=sft",
+            "sft.snapshot_fractions=[1.5],[2.5]",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode != 0
     errors = sorted(sweep.glob("*/error.json"))
@@ -492,8 +646,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(sft_run: Path, tmp_path: 
     run = tmp_path / "r"
     try:
         run_cfg(
-            [*TINY, "algo=sft", "max_bad_steps=2", "checkpoint.every_n_steps=1", "checkpoint.keep_last=20",
-             "sft.val_every=100", "callbacks.reward_recovery.enabled=false"],
+            [
+                *TINY,
+                "algo=sft",
+                "max_bad_steps=2",
+                "checkpoint.every_n_steps=1",
+                "checkpoint.keep_last=20",
+                "sft.val_every=100",
+                "callbacks.reward_recovery.enabled=false",
+            ],
             run,
         )
     except NonFiniteError as e:

@@ -39,7 +39,14 @@ class FixedSampleRL(RLModule):
     def sample(self, prompt_idx):
         rows = torch.tensor([i * K + j for i in prompt_idx for j in range(K)])
         t = self.table
-        return SampleBatch(t.prompt_ids[rows], t.prompt_mask[rows], t.response_ids[rows], t.response_mask[rows], t.finished[rows], K)
+        return SampleBatch(
+            t.prompt_ids[rows],
+            t.prompt_mask[rows],
+            t.response_ids[rows],
+            t.response_mask[rows],
+            t.finished[rows],
+            K,
+        )
 
 
 def _build(sft_run: Path, norm: str, whiten: bool):
@@ -47,15 +54,28 @@ def _build(sft_run: Path, norm: str, whiten: bool):
 
     sft_dir = sft_run / "sft"
     policy, tok = load_policy(sft_dir / "policy")
-    reward = DenseReward.from_sft_dir(RewardSpec("log_ratio"), SnapshotBaseline(0.5), sft_dir, tok, torch.device("cpu"))
+    reward = DenseReward.from_sft_dir(
+        RewardSpec("log_ratio"), SnapshotBaseline(0.5), sft_dir, tok, torch.device("cpu")
+    )
     rows = make_splits(0, {"sft": 8, "rl": N_PROMPTS, "val": 1, "eval": 1})["rl"]
     prompts = [encode_prompt(tok, [{"role": "user", "content": r.prompt}]) for r in rows]
     sampler = HFSampler(max_new_tokens=8).configure(tok)
     torch.manual_seed(0)
     table = sampler.generate(policy, prompts, k=K)  # ragged lengths: EOS at different positions
     mod = FixedSampleRL(
-        policy, reward, sampler, prompts, k=K, lr=1.0, optimizer="sgd", grad_clip=1e9, kl="k3", kl_coef=0.5,
-        norm=norm, whiten_advantages=whiten, table=table,
+        policy,
+        reward,
+        sampler,
+        prompts,
+        k=K,
+        lr=1.0,
+        optimizer="sgd",
+        grad_clip=1e9,
+        kl="k3",
+        kl_coef=0.5,
+        norm=norm,
+        whiten_advantages=whiten,
+        table=table,
     )
     return mod
 
@@ -63,8 +83,16 @@ def _build(sft_run: Path, norm: str, whiten: bool):
 def _train(mod, devices: int, prompts_per_rank: int):
     strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo") if devices > 1 else "auto"
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False, precision="32-true",
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_steps=1,
+        logger=False,
+        precision="32-true",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
     )
     loader = ResumableLoader(list(range(N_PROMPTS)), prompts_per_rank, seed=3)
     trainer.fit(mod, train_dataloaders=loader)
@@ -102,7 +130,16 @@ def test_trainer_ddp_cpu_runs_sft_and_dpr(tmp_path: Path):
     from conftest import run_cfg
 
     run_dir = tmp_path / "ddp"
-    run_cfg(["debug=tiny", "trainer=ddp_cpu", "algo.stages=[sft,dpr]", "sft.batch_size=4", "algo.prompts_per_step=1"], run_dir)
+    run_cfg(
+        [
+            "debug=tiny",
+            "trainer=ddp_cpu",
+            "algo.stages=[sft,dpr]",
+            "sft.batch_size=4",
+            "algo.prompts_per_step=1",
+        ],
+        run_dir,
+    )
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["sft/train/steps"] == 8 and m["dpr/train/steps"] == 2
     assert "sft/recovery/probe/detection_rate" in m and m["dpr/val/best_step"] >= 0

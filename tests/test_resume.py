@@ -16,7 +16,13 @@ import torch
 from safetensors.torch import load_file
 
 CLI = [sys.executable, "-m", "densepath"]
-EXACT = ["debug=tiny", "threads=1", "trainer.precision=32-true", "checkpoint.every_n_steps=1", "checkpoint.keep_last=2"]
+EXACT = [
+    "debug=tiny",
+    "threads=1",
+    "trainer.precision=32-true",
+    "checkpoint.every_n_steps=1",
+    "checkpoint.keep_last=2",
+]
 TIMING = ("time", "tokens_per_s")
 
 
@@ -32,7 +38,9 @@ def _run(args, cwd: Path) -> subprocess.CompletedProcess:
 
 def _kill_at_step(args, cwd: Path, ckpt_glob: str, step: int) -> None:
     """Start the run and SIGKILL it once the checkpoint of `step` is on disk."""
-    proc = subprocess.Popen([*CLI, *args], cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CLI, *args], cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
     try:
         while time.time() < deadline:
@@ -100,8 +108,14 @@ def test_dpr_killed_and_resumed_matches_uninterrupted(tmp_path: Path):
     sft = tmp_path / "sft"
     sft.mkdir()
     _run([*EXACT, "algo=sft", f"data.cache_dir={tmp_path / 'cache'}", "hydra.run.dir=run"], sft)
-    args = [*EXACT, "algo=dpr", "algo.steps=12", "algo.val_every=4", f"parent_run={sft / 'run'}",
-            f"data.cache_dir={tmp_path / 'cache'}"]
+    args = [
+        *EXACT,
+        "algo=dpr",
+        "algo.steps=12",
+        "algo.val_every=4",
+        f"parent_run={sft / 'run'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
     ref = tmp_path / "ref"
     ref.mkdir()
     _run([*args, "hydra.run.dir=run"], ref)

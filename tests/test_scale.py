@@ -17,12 +17,26 @@ def test_lora_trains_only_adapters_and_leaves_scorers_untouched(sft_run: Path, t
 
     run_dir = tmp_path / "lora"
     before = {p.name: p.read_bytes() for p in (sft_run / "sft" / "policy").glob("*.safetensors")}
-    snap = {p.name: p.read_bytes() for p in (sft_run / "sft" / "snapshots" / "frac_0.50").glob("*.safetensors")}
-    run_cfg(["debug=tiny", "algo=dpr", "model.lora.enabled=true", "algo.lr=1e-1", "algo.steps=2",
-             "model.lora.target_modules=[q_proj,v_proj]", f"parent_run={sft_run}"], run_dir)
+    snap = {
+        p.name: p.read_bytes() for p in (sft_run / "sft" / "snapshots" / "frac_0.50").glob("*.safetensors")
+    }
+    run_cfg(
+        [
+            "debug=tiny",
+            "algo=dpr",
+            "model.lora.enabled=true",
+            "algo.lr=1e-1",
+            "algo.steps=2",
+            "model.lora.target_modules=[q_proj,v_proj]",
+            f"parent_run={sft_run}",
+        ],
+        run_dir,
+    )
     # scorers (pi_SFT and the snapshot) untouched on disk
     assert {p.name: p.read_bytes() for p in (sft_run / "sft" / "policy").glob("*.safetensors")} == before
-    assert {p.name: p.read_bytes() for p in (sft_run / "sft" / "snapshots" / "frac_0.50").glob("*.safetensors")} == snap
+    assert {
+        p.name: p.read_bytes() for p in (sft_run / "sft" / "snapshots" / "frac_0.50").glob("*.safetensors")
+    } == snap
     sft, _ = load_policy(sft_run / "sft" / "policy")
     last, _ = load_policy(run_dir / "dpr" / "last")  # saved merged: a plain HF checkpoint
     changed = {k for k, v in last.state_dict().items() if not torch.equal(v, sft.state_dict()[k])}
@@ -48,7 +62,10 @@ def test_bf16_mixed_runs_on_cpu_and_lightning_selects_it(tmp_path: Path):
     cfg = compose_cfg(["debug=tiny", "trainer.precision=bf16-mixed"], None)
     trainer = instantiate(cfg.trainer, max_steps=1, logger=False)
     assert type(trainer.precision_plugin).__name__ == "MixedPrecision" and trainer.precision == "bf16-mixed"
-    run_cfg(["debug=tiny", "algo=sft", "trainer.precision=bf16-mixed", "callbacks.reward_recovery.enabled=false"], tmp_path / "r")
+    run_cfg(
+        ["debug=tiny", "algo=sft", "trainer.precision=bf16-mixed", "callbacks.reward_recovery.enabled=false"],
+        tmp_path / "r",
+    )
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["sft/train/steps"] == 8
 
 
@@ -70,12 +87,20 @@ def test_scorer_dtype_bf16(sft_run: Path):
     from densepath.rewards.dense import DenseReward, RewardSpec
 
     _, tok = load_policy(sft_run / "sft" / "policy")
-    r = DenseReward.from_sft_dir(RewardSpec("log_ratio", dtype="bfloat16"), SnapshotBaseline(0.5), sft_run / "sft", tok,
-                                 torch.device("cpu"), dtype=torch.bfloat16)
+    r = DenseReward.from_sft_dir(
+        RewardSpec("log_ratio", dtype="bfloat16"),
+        SnapshotBaseline(0.5),
+        sft_run / "sft",
+        tok,
+        torch.device("cpu"),
+        dtype=torch.bfloat16,
+    )
     assert next(r.sft.parameters()).dtype == torch.bfloat16
     assert next(r.baseline.model.parameters()).dtype == torch.bfloat16
     ids = torch.tensor([[tok.bos_token_id, 5, 6]])
-    out = r.score_full(ids, torch.ones_like(ids), torch.tensor([[7, tok.eos_token_id]]), torch.ones(1, 2, dtype=torch.long))
+    out = r.score_full(
+        ids, torch.ones_like(ids), torch.tensor([[7, tok.eos_token_id]]), torch.ones(1, 2, dtype=torch.long)
+    )
     assert out.rewards.dtype == torch.float32 and torch.isfinite(out.rewards).all()
 
 
@@ -93,10 +118,14 @@ def test_gguf_smollm2_loads_dequantised_and_caches(tmp_path: Path):
     t0 = time.perf_counter()
     again = SmolLM2(cache_dir=str(tmp_path / "cache")).build(tok)
     assert time.perf_counter() - t0 < 10  # from the safetensors cache, not the GGUF
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True,
-                                  tokenize=True, return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )["input_ids"]
     out = again.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
-    assert "4" in tok.decode(out[0][len(ids):])
+    assert "4" in tok.decode(out[0][len(ids) :])
 
 
 @pytest.mark.slow
@@ -106,3 +135,17 @@ def test_smollm2_demo_experiment_runs(tmp_path: Path):
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["sft/train/steps"] == 4 and m["dpr/train/steps"] == 2
     assert (run_dir / "recover" / "heatmap.html").exists()
+
+
+def test_gradient_checkpointing_trains(tmp_path: Path):
+    run_cfg(
+        [
+            "debug=tiny",
+            "algo=sft",
+            "model.gradient_checkpointing=true",
+            "callbacks.reward_recovery.enabled=false",
+        ],
+        tmp_path / "gc",
+    )
+    m = json.loads((tmp_path / "gc" / "metrics.json").read_text())
+    assert m["sft/train/steps"] == 8 and m["sft/train/loss"] < 10

@@ -34,10 +34,24 @@ def test_wandb_key_appears_in_no_file_or_log(tmp_path: Path):
     }
     run = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "densepath", "debug=tiny", "algo=sft", "logger=wandb", "sft.steps=2",
-         "sft.val_every=2", "callbacks.reward_recovery.enabled=false", f"data.cache_dir={tmp_path / 'cache'}",
-         f"hydra.run.dir={run}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "densepath",
+            "debug=tiny",
+            "algo=sft",
+            "logger=wandb",
+            "sft.steps=2",
+            "sft.val_every=2",
+            "callbacks.reward_recovery.enabled=false",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     # the run really wrote what we grep: config, manifest, metrics, csv/wandb files, hydra's job log

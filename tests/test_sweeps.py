@@ -20,11 +20,19 @@ CLI = [sys.executable, "-m", "densepath"]
 
 
 def _env(tmp_path: Path) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
 
 
 def _run(args: list[str], tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([*CLI, *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [*CLI, *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1200
+    )
     if check:
         assert out.returncode == 0, out.stderr[-4000:]
     return out
@@ -34,8 +42,16 @@ def _run(args: list[str], tmp_path: Path, check: bool = True) -> subprocess.Comp
 def test_multirun_two_configs_two_seeds_wandb_offline_and_aggregate(tmp_path: Path):
     sweep = tmp_path / "sweep"
     _run(
-        ["-m", "debug=tiny", "algo.stages=[sft,recover]", "reward=log_ratio,logprob", "seed=0,1", "logger=wandb",
-         f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
+        [
+            "-m",
+            "debug=tiny",
+            "algo.stages=[sft,recover]",
+            "reward=log_ratio,logprob",
+            "seed=0,1",
+            "logger=wandb",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
         tmp_path,
     )
     jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
@@ -60,7 +76,9 @@ def test_multirun_two_configs_two_seeds_wandb_offline_and_aggregate(tmp_path: Pa
         ov = (job / ".hydra" / "overrides.yaml").read_text()
         cfg = "reward=logprob" if "reward=logprob" in ov else "reward=log_ratio"
         seed = 1 if "seed=1" in ov else 0
-        vals.setdefault(cfg, {})[seed] = json.loads((job / "metrics.json").read_text())["recover/configured/probe/token_auroc"]
+        vals.setdefault(cfg, {})[seed] = json.loads((job / "metrics.json").read_text())[
+            "recover/configured/probe/token_auroc"
+        ]
     from scipy import stats as st
 
     rows = list(csv.DictReader((sweep / "aggregate" / "summary.csv").open()))
@@ -80,9 +98,17 @@ def test_multirun_two_configs_two_seeds_wandb_offline_and_aggregate(tmp_path: Pa
 def test_failing_job_is_recorded_and_others_run(tmp_path: Path):
     sweep = tmp_path / "sweep"
     out = _run(
-        ["-m", "debug=tiny", "algo=sft", "sft.snapshot_fractions=[0.5],[1.5]", "callbacks.reward_recovery.enabled=false",
-         f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
-        tmp_path, check=False,
+        [
+            "-m",
+            "debug=tiny",
+            "algo=sft",
+            "sft.snapshot_fractions=[0.5],[1.5]",
+            "callbacks.reward_recovery.enabled=false",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        check=False,
     )
     jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
     assert len(jobs) == 2
@@ -90,8 +116,12 @@ def test_failing_job_is_recorded_and_others_run(tmp_path: Path):
     bad = [j for j in jobs if (j / "error.json").exists()]
     assert len(ok) == 1 and len(bad) == 1, out.stderr[-2000:]
     assert "snapshot_fractions" in json.loads((bad[0] / "error.json").read_text())["error"]
-    agg = subprocess.run([sys.executable, "-m", "densepath.sweeps.aggregate", str(sweep), "--metric", "eval/success"],
-                         capture_output=True, text=True, env=_env(tmp_path))
+    agg = subprocess.run(
+        [sys.executable, "-m", "densepath.sweeps.aggregate", str(sweep), "--metric", "eval/success"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+    )
     assert agg.returncode == 0, agg.stderr
     jobs_csv = (sweep / "aggregate" / "jobs.csv").read_text()
     assert "failed" in jobs_csv and "snapshot_fractions" in jobs_csv
@@ -99,8 +129,15 @@ def test_failing_job_is_recorded_and_others_run(tmp_path: Path):
 
 @pytest.mark.slow
 def test_resume_auto_skips_finished_jobs(tmp_path: Path):
-    args = ["-m", "debug=tiny", "algo=sft", "seed=0,1", "callbacks.reward_recovery.enabled=false",
-            f"data.cache_dir={tmp_path / 'cache'}", "resume=auto"]
+    args = [
+        "-m",
+        "debug=tiny",
+        "algo=sft",
+        "seed=0,1",
+        "callbacks.reward_recovery.enabled=false",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "resume=auto",
+    ]
     _run(args, tmp_path)
     sweeps = list((tmp_path / "multirun").glob("*/*/multirun.yaml"))
     assert len(sweeps) == 1
@@ -117,8 +154,19 @@ def test_resume_auto_skips_finished_jobs(tmp_path: Path):
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_tiny_sweep(tmp_path: Path):
     sweep = tmp_path / "sweep"
-    _run(["-m", "hydra/launcher=submitit_local", "debug=tiny", "algo=sft", "seed=0,1", "callbacks.reward_recovery.enabled=false",
-          f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"], tmp_path)
+    _run(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "debug=tiny",
+            "algo=sft",
+            "seed=0,1",
+            "callbacks.reward_recovery.enabled=false",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
     assert len(list(sweep.glob("*/metrics.json"))) == 2
 
 
@@ -151,3 +199,32 @@ def test_objective_is_the_validation_headline(sft_run: Path, tmp_path: Path):
     assert m["objective"] == m["dpr/val/success"] == m["val/success"]
     assert m["eval/success"] == m["dpr/eval/success"]
     assert compose_cfg(["resume=auto"], None).resume == "auto"
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_and_reads_the_validation_objective(sft_run: Path, tmp_path: Path):
+    sweep = tmp_path / "optuna"
+    _run(
+        [
+            "-m",
+            "hparams_search=optuna_dpr",
+            "debug=tiny",
+            f"parent_run={sft_run}",
+            "hydra.sweeper.n_trials=2",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    results = sweep / "optimization_results.yaml"
+    assert results.exists()
+    import yaml
+
+    best = yaml.safe_load(results.read_text())
+    assert "algo.lr" in best["best_params"]
+    objectives = [
+        json.loads((j / "metrics.json").read_text())["objective"]
+        for j in sweep.iterdir()
+        if (j / "DONE").exists()
+    ]
+    assert len(objectives) == 2 and best["best_value"] == pytest.approx(max(objectives))
