@@ -24,6 +24,14 @@ MODEL_PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
+def check_model_and_precision(model: str, precision: str) -> None:
+    """Shared flag validation of the throughput benchmarks: errors name the flag and the choices."""
+    if model not in MODEL_PRESETS:
+        raise ValueError(f"--model {model!r}: choose one of {sorted(MODEL_PRESETS)}.")
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"--precision {precision!r}: choose bf16 or fp32.")
+
+
 def default_threads() -> int:
     """CPUs this process may run on (affinity-aware), so the thread count is explicit and printed."""
     try:

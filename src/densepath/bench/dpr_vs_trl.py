@@ -48,6 +48,7 @@ from densepath.bench.common import (
     MODEL_PRESETS,
     build_llama,
     chat_messages,
+    check_model_and_precision,
     default_threads,
     md_table,
     median,
@@ -80,10 +81,7 @@ class RLBenchConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and a valid choice."""
-        if self.model not in MODEL_PRESETS:
-            raise ValueError(f"--model {self.model!r}: choose one of {sorted(MODEL_PRESETS)}.")
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"--precision {self.precision!r}: choose bf16 or fp32.")
+        check_model_and_precision(self.model, self.precision)
         if self.k < 2:
             raise ValueError(
                 f"--k must be >= 2 (leave-one-out / RLOO need 2 samples per prompt), got {self.k}."

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from densepath.bench.common import (
-    MODEL_PRESETS,
     build_llama,
+    check_model_and_precision,
     default_threads,
     matmul_flops,
     md_table,
@@ -59,10 +59,7 @@ class FlopsConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and a valid choice."""
-        if self.model not in MODEL_PRESETS:
-            raise ValueError(f"--model {self.model!r}: choose one of {sorted(MODEL_PRESETS)}.")
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"--precision {self.precision!r}: choose bf16 or fp32.")
+        check_model_and_precision(self.model, self.precision)
         if self.sft_steps < 3 or self.rl_steps < 2:
             raise ValueError("--sft-steps must be >= 3 and --rl-steps >= 2 (the first steps are warm-ups).")
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from densepath.bench.common import (
-    MODEL_PRESETS,
     build_llama,
     chat_messages,
+    check_model_and_precision,
     default_threads,
     md_table,
     median,
@@ -52,10 +52,7 @@ class GenBenchConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and a valid choice."""
-        if self.model not in MODEL_PRESETS:
-            raise ValueError(f"--model {self.model!r}: choose one of {sorted(MODEL_PRESETS)}.")
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"--precision {self.precision!r}: choose bf16 or fp32.")
+        check_model_and_precision(self.model, self.precision)
         for name in ("prompts", "k", "max_new_tokens", "reps", "threads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")

@@ -36,6 +36,7 @@ from densepath.bench.common import (
     MODEL_PRESETS,
     build_llama,
     chat_messages,
+    check_model_and_precision,
     default_threads,
     md_table,
     median,
@@ -64,10 +65,7 @@ class SFTBenchConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and a valid choice."""
-        if self.model not in MODEL_PRESETS:
-            raise ValueError(f"--model {self.model!r}: choose one of {sorted(MODEL_PRESETS)}.")
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"--precision {self.precision!r}: choose bf16 or fp32.")
+        check_model_and_precision(self.model, self.precision)
         if not 0 <= self.warmup < self.steps:
             raise ValueError(f"--warmup ({self.warmup}) must be in [0, --steps={self.steps}).")
         for name in ("batch_size", "rounds", "threads"):
