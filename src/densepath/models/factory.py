@@ -182,7 +182,9 @@ class SmolLM2(TrainOptions):
         if (cached / "config.json").exists():
             return LlamaForCausalLM.from_pretrained(str(cached), dtype=torch.float32, use_safetensors=True)
         gguf = smollm2_gguf_path()
-        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
         cfg = loaded.config.to_dict()
         cfg.pop("quantization_config", None)
         plain = LlamaForCausalLM(LlamaConfig(**cfg))

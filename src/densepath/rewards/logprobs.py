@@ -269,7 +269,13 @@ def response_logprobs(
     B, T = response_ids.shape
     head = _output_head(model)
     if chunk_size is None:  # auto: a fixed budget of logits per chunk, whatever the vocabulary
-        chunk_size = max(1, CHUNK_ELEMENTS // int(head.weight.shape[0]))
+        weight = getattr(head, "weight", None)
+        vocab = (
+            int(weight.shape[0])
+            if weight is not None
+            else getattr(getattr(model, "config", None), "vocab_size", None)
+        )
+        chunk_size = max(1, CHUNK_ELEMENTS // int(vocab)) if vocab else 1024
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1 (or None for auto), got {chunk_size}")
     chunk_size = int(chunk_size)
