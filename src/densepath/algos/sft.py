@@ -36,6 +36,10 @@ def write_counts(module: L.LightningModule, names: tuple[str, ...], path) -> Non
         counts = dict(zip(names, vals.cpu().tolist()))
         counts["global_step"] = module.trainer.global_step
         Path(path).write_text(json.dumps(counts))
+    if module.trainer.world_size > 1:
+        # every rank leaves training together: a rank exiting while rank 0 still writes files can
+        # abort inside gloo's teardown ("terminate called without an active exception")
+        torch.distributed.barrier()
 
 
 def read_counts(module, path) -> int | None:
