@@ -22,7 +22,9 @@ def compose_cfg(overrides: list[str], tmp_path: Path | None = None):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         extra = []
         own_cache = any(o.startswith("data.cache_dir") for o in overrides)
-        non_toy = any(o.startswith("data=") and o != "data=toy" for o in overrides)
+        non_toy = any(
+            (o.startswith("data=") and o != "data=toy") or o.startswith("experiment=") for o in overrides
+        )
         if tmp_path is not None and not own_cache and not non_toy:
             extra.append(f"data.cache_dir={tmp_path / 'cache'}")
         return compose(config_name="config", overrides=list(overrides) + extra)

@@ -40,7 +40,7 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path):
         "data/hf": ["data.name_or_path=x"],
     }
     cfg = compose_cfg([f"{group}={option}", *extra.get(f"{group}/{option}", [])], None)
-    assert cfg[group] is not None if group not in ("debug",) else True
+    assert cfg[group] is not None if group not in ("debug", "experiment") else True
     assert "_target_" in cfg.model and "stages" in cfg.algo
 
 
@@ -121,3 +121,14 @@ def test_tiny_models_under_one_million_params(tmp_path: Path):
 def test_gpu_trainer_composes_with_bf16():
     cfg = compose_cfg(["trainer=gpu"], None)
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_experiment_known_reward_runs_tiny(tmp_path: Path):
+    run_dir = tmp_path / "kr"
+    run_cfg(
+        ["experiment=known_reward", "debug=tiny", "data.sizes={sft: 200, rl: 16, val: 16, eval: 16}"], run_dir
+    )
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert "dpr/eval/sampled/true_return" in m and "continued_sft/eval/sampled/true_return" in m
+    man = json.loads((run_dir / "manifest.json").read_text())
+    assert man["stages"]["dpr"]["baseline"] == "none"
