@@ -8,26 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import run_cfg
+from conftest import run_cfg, tiny_llama
 from densepath.algos.sft import sft_loss, warmup_cosine
 from densepath.data.datamodule import Collator
 from densepath.data.formatting import Encoded
 
 
 def _model(vocab=23):
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).double().eval()
+    return tiny_llama(0, vocab)
 
 
 def test_sft_loss_equals_manual_masked_cross_entropy():

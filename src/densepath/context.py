@@ -114,10 +114,9 @@ class RunContext:
         if not p.exists():
             return False
         if stage == "sft":  # later stages need the tokenizer
-            from densepath.models.io import load_policy
+            from densepath.models.io import load_tokenizer
 
-            _, tok = load_policy(self.run_dir / "sft" / "policy")
-            self.set_tokenizer(tok)
+            self.set_tokenizer(load_tokenizer(self.run_dir / "sft" / "policy"))
         return True
 
     def stage_dir(self, stage: str) -> Path:

@@ -68,17 +68,28 @@ def save_policy(model, tokenizer, path: str | Path) -> dict:
     return {"path": str(path), "sha256": digest}
 
 
-def load_policy(path: str | Path, *, dtype=torch.float32, trust_remote_code: bool = False):
-    """Load a saved policy dir (safetensors only; no pickles)."""
-    path = Path(path)
+def _check_policy_dir(path: Path) -> None:
     if not (path / "config.json").exists():
         raise FileNotFoundError(
             f"checkpoint `{path}` not found (no config.json). Pass the run dir of a finished SFT run "
             "as parent_run=<dir>, or a saved policy directory."
         )
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
+    """The tokenizer of a saved policy dir alone (stages that only need it skip loading weights)."""
+    path = Path(path)
+    _check_policy_dir(path)
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tok.padding_side = "left"
+    return tok
+
+
+def load_policy(path: str | Path, *, dtype=torch.float32, trust_remote_code: bool = False):
+    """Load a saved policy dir (safetensors only; no pickles)."""
+    path = Path(path)
+    _check_policy_dir(path)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    tok.padding_side = "left"
-    return model, tok
+    return model, load_tokenizer(path, trust_remote_code=trust_remote_code)

@@ -11,8 +11,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from densepath.eval.evaluate import evaluate_policy, format_table
-from densepath.models.io import load_policy
-from densepath.models.tokenizer import tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +90,6 @@ def device_for(ctx) -> torch.device:
     if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def load_checked(path: Path, ctx, role: str):
-    """Load a saved policy and check it shares the run's tokenizer (a mismatch silently breaks scoring)."""
-    model, tok = load_policy(path)
-    if ctx.tokenizer is not None and tokenizer_hash(tok) != tokenizer_hash(ctx.tokenizer):
-        raise ValueError(
-            f"tokenizer mismatch: {role} at {path} does not share the policy's tokenizer/vocabulary "
-            f"({len(tok)} vs {len(ctx.tokenizer)} tokens). Every scorer must use the policy's tokenizer; "
-            "use checkpoints from the same SFT run."
-        )
-    return model, tok
 
 
 def evaluate_and_report(ctx, model, *, title: str, splits=("val", "eval"), extra=None) -> dict[str, float]:

@@ -75,10 +75,6 @@ class Verifier:
         return {k: v for k, v in self.task.score(rws, texts).items() if k != "valid"}
 
 
-def _verifier(ctx, rows) -> Verifier:
-    return Verifier(ctx.tokenizer, ctx.task, rows)
-
-
 def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
     cfg, acfg = ctx.cfg, ctx.cfg.algo
     stage_dir = ctx.stage_dir(stage)
@@ -109,7 +105,7 @@ def run_rl(ctx, stage: str, sequence_level: bool) -> dict[str, float]:
         ppo_epochs=acfg.ppo_epochs,
         clip_eps=acfg.clip_eps,
         grad_clip=acfg.grad_clip,
-        verify=_verifier(ctx, rows),
+        verify=Verifier(ctx.tokenizer, ctx.task, rows),
         max_bad_steps=cfg.get("max_bad_steps", 5),
     )
     val_rows = ctx.task.splits()["val"][: acfg.val_size]

@@ -48,10 +48,9 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
     ctx = RunContext.create(cfg, run_dir)
     ctx.run_name = _run_name(cfg)
     if "sft" not in stages:
-        from densepath.stages.common import load_checked
+        from densepath.models.io import load_tokenizer
 
-        _, tok = load_checked(ctx.artefact_dir("sft") / "policy", ctx, "pi_SFT")
-        ctx.set_tokenizer(tok)
+        ctx.set_tokenizer(load_tokenizer(ctx.artefact_dir("sft") / "policy"))
     if cfg.get("threads"):
         import torch
 
