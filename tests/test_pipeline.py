@@ -130,3 +130,39 @@ def test_known_reward_pipeline_tiny(tmp_path: Path):
     assert m["sft/eval/expert_true_return"] > m["sft/eval/uniform_true_return"]
     assert "recover/configured/fidelity/expert/pearson" in m
     assert "recover/logprob/fidelity/within/pearson_mean" in m
+
+
+def test_choose_temperature_prefers_higher_on_ties():
+    from densepath.stages.temperature import choose
+
+    assert choose({0.0: 0.5, 0.5: 0.7, 1.0: 0.6}) == 0.5
+    assert choose({0.0: 0.7, 0.5: 0.7, 1.0: 0.6}) == 0.5
+    assert choose({0.0: 0.9, 0.5: 0.7}) == 0.0
+
+
+def test_temperature_stage_from_parent(sft_run: Path, tmp_path: Path, capsys):
+    run_dir = tmp_path / "temp"
+    run_cfg(
+        ["debug=tiny", "algo=sft", "algo.stages=[temperature]", f"parent_run={sft_run}",
+         "eval.temperatures=[0.5,1.0]"],
+        run_dir,
+    )
+    assert "Best decoding temperature" in capsys.readouterr().out
+    m = _json(run_dir / "metrics.json")
+    parent = _json(sft_run / "metrics.json")
+    val = {t: m[f"temperature/sft/val/T{t}/success"] for t in ("0", "0.5", "1")}
+    best = m["temperature/sft/best_temperature"]
+    assert best in (0.0, 0.5, 1.0) and val[f"{best:g}"] == max(val.values())
+    # greedy decoding is deterministic: the same val number the SFT stage reported
+    assert val["0"] == pytest.approx(parent["sft/val/greedy/success"])
+    assert 0.0 <= m["temperature/sft/eval/success"] <= 1.0
+    assert not any(k.startswith("temperature/dpr/") for k in m)  # the parent has no DPR policy
+
+
+def test_temperature_stage_rejects_unknown_policy(sft_run: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="temperature_policies"):
+        run_cfg(
+            ["debug=tiny", "algo=sft", "algo.stages=[temperature]", f"parent_run={sft_run}",
+             "eval.temperature_policies=[sft,ppo]"],
+            tmp_path / "bad",
+        )

@@ -1,4 +1,13 @@
-"""Batched sampling with transformers `generate` (KV cache, left padding, EOS stopping)."""
+"""Batched sampling from a transformers causal LM (KV cache, left padding, EOS stopping).
+
+Two engines produce the same distribution and the same `SampleBatch` layout:
+- `loop` (default): a decode loop over the model's forward. Each prompt is prefilled once and its KV
+  cache is then repeated for its k samples (`generate(num_return_sequences=k)` prefills every
+  prompt k times); tokens are drawn by the Gumbel-max trick, which samples exactly from
+  softmax(logits / T), and the loop stops as soon as every row has emitted EOS.
+- `generate`: one `model.generate` call per chunk, for models whose forward lacks the cache API
+  (and for top_p < 1, which the loop does not implement).
+"""
 
 from __future__ import annotations
 
@@ -17,8 +26,13 @@ class HFSampler:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 256  # prompts*k rows per generate call (memory bound)
+    engine: str = "loop"  # loop | generate (see the module docstring)
     pad_token_id: int | None = None
     eos_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.engine not in ("loop", "generate"):
+            raise ValueError(f"sampler.engine={self.engine!r}: choose loop or generate")
 
     def configure(self, tokenizer) -> HFSampler:
         self.pad_token_id = tokenizer.pad_token_id
@@ -71,6 +85,14 @@ class HFSampler:
 
     def _generate_chunk(self, model, prompts, k, max_new, temp, greedy, min_new, device):
         ids, mask = left_pad(prompts, self.pad_token_id, device)
+        if self.engine == "loop" and self.top_p >= 1.0:
+            out = self._decode_loop(model, ids, mask, 1 if greedy else k, max_new, temp, greedy, min_new)
+            if greedy and k > 1:
+                out = out.repeat_interleave(k, dim=0)
+            resp, rmask, finished = mask_after_eos(out, self.eos_token_id, self.pad_token_id)
+            return SampleBatch(
+                ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), resp, rmask, finished, k
+            )
         kwargs = dict(
             input_ids=ids,
             attention_mask=mask,
@@ -94,6 +116,48 @@ class HFSampler:
         return SampleBatch(
             ids.repeat_interleave(reps, 0), mask.repeat_interleave(reps, 0), resp, rmask, finished, k
         )
+
+
+    def _decode_loop(self, model, ids, mask, k, max_new, temp, greedy, min_new) -> torch.Tensor:
+        """(b*k, T') response tokens, prompt-major; rows that finished carry pad after their EOS."""
+        from transformers import DynamicCache
+
+        b, P = ids.shape
+        cache = DynamicCache()
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens at positions 0..len-1
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+            use_cache=True, logits_to_keep=1,
+        )
+        logits = out.logits[:, -1].float()  # (b, V)
+        if k > 1:  # one prefill per prompt, then its cache and next-token logits serve all k samples
+            cache.batch_repeat_interleave(k)
+            logits = logits.repeat_interleave(k, 0)
+        n = b * k
+        next_pos = mask.sum(-1).repeat_interleave(k, 0)[:, None]  # (n, 1)
+        attn = torch.ones(n, P + max_new, dtype=mask.dtype, device=ids.device)
+        attn[:, :P] = mask.repeat_interleave(k, 0)
+        tokens = torch.full((n, max_new), self.pad_token_id, dtype=torch.long, device=ids.device)
+        done = torch.zeros(n, dtype=torch.bool, device=ids.device)
+        for t in range(max_new):
+            if t < min_new:
+                logits[:, self.eos_token_id] = float("-inf")
+            if greedy:
+                nxt = logits.argmax(-1)
+            else:  # Gumbel-max: argmax(z/T + G) ~ softmax(z/T), one fused draw, no host sync
+                gumbel = -torch.empty_like(logits).exponential_().log()
+                nxt = (logits / temp + gumbel).argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.pad_token_id), nxt)
+            tokens[:, t] = nxt
+            done = done | (nxt == self.eos_token_id)
+            if t == max_new - 1 or bool(done.all()):
+                return tokens[:, : t + 1]
+            out = model(
+                input_ids=nxt[:, None], attention_mask=attn[:, : P + t + 1], position_ids=next_pos + t,
+                cache=cache, use_cache=True,
+            )
+            logits = out.logits[:, -1].float()
+        return tokens
 
 
 def _concat(parts: list[SampleBatch], pad_id: int, k: int) -> SampleBatch:

@@ -92,6 +92,20 @@ def device_for(ctx) -> torch.device:
     return torch.device("cpu")
 
 
+def entropy_extra(policy):
+    """Per-sample entropy estimate of the sampling policy: mean over response tokens of -log pi."""
+    from densepath.rewards.logprobs import response_logprobs
+
+    @torch.no_grad()
+    def extra(b):
+        b = b.to(next(policy.parameters()).device)
+        lp = response_logprobs(policy, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask).logp
+        m = b.response_mask.float()
+        return {"entropy_est": (-(lp.float() * m).sum(-1) / m.sum(-1).clamp(min=1)).cpu().numpy()}
+
+    return extra
+
+
 def evaluate_and_report(ctx, model, *, title: str, splits=("val", "eval"), extra=None) -> dict[str, float]:
     sampler = instantiate(ctx.cfg.sampler).configure(ctx.tokenizer)
     task = ctx.task

@@ -20,6 +20,7 @@ STAGES = {
     "dpr": "densepath.stages.rl:run_dpr",
     "rloo": "densepath.stages.rl:run_rloo",
     "continued_sft": "densepath.stages.continued_sft:run",
+    "temperature": "densepath.stages.temperature:run",
 }
 
 
@@ -71,7 +72,7 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
         ctx.metrics[f"{name}/time_s"] = timings[name]
         ctx.flush()
     head = ctx.task.headline
-    policy_stages = [s for s in stages if s != "recover"]
+    policy_stages = [s for s in stages if s not in ("recover", "temperature")]
     headline_stage = "dpr" if "dpr" in stages else (policy_stages[-1] if policy_stages else None)
     if headline_stage and f"{headline_stage}/eval/{head}" in ctx.metrics:
         ctx.metrics[f"eval/{head}"] = ctx.metrics[f"{headline_stage}/eval/{head}"]

@@ -15,7 +15,13 @@ from densepath.callbacks.snapshots import SnapshotCallback
 from densepath.data.datamodule import DemoDataModule, encode_rows
 from densepath.models.factory import count_params, prepare_policy
 from densepath.models.io import save_policy
-from densepath.stages.common import evaluate_and_report, flat_config, make_trainer, resume_checkpoint
+from densepath.stages.common import (
+    entropy_extra,
+    evaluate_and_report,
+    flat_config,
+    make_trainer,
+    resume_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +98,9 @@ def run(ctx) -> dict[str, float]:
     rec = stage_dir / "recovery" / "final" / "metrics.json"
     if rec.exists():  # written by RewardRecoveryCallback on rank 0
         metrics.update({f"recovery/{k}": v for k, v in json.loads(rec.read_text()).items()})
-    metrics.update(evaluate_and_report(ctx, module.model, title="SFT policy on `eval`"))
+    metrics.update(
+        evaluate_and_report(ctx, module.model, title="SFT policy on `eval`", extra=entropy_extra(module.model))
+    )
     manifest = {
         "checkpoints": {"policy": policy, **{f"snapshot_{k}": v for k, v in snaps.saved.items()}},
         "snapshots": snaps.saved,

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Study 3 (ablations): DPR from each seed's SFT of experiment=beyond (run experiments/beyond/run.sh first),
+# one axis at a time around the paper's setting (log_ratio @ half-way snapshot, gamma 1, T 1, no KL).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+S=seed=0,1,2,3,4
+densepath -m experiment=ablate $S resume=auto                                             # reference
+densepath -m experiment=ablate $S resume=auto algo.gamma=0.99,0.9                          # discount
+densepath -m experiment=ablate $S resume=auto baseline=sft_fraction baseline.fraction=0.1,0.25,0.75,0.9
+densepath -m experiment=ablate $S resume=auto reward=logprob,sparse                        # no baseline; sparse
+densepath -m experiment=ablate $S resume=auto baseline=base,uniform,ensemble               # other baselines
+densepath -m experiment=ablate $S resume=auto algo.temperature=0.7,1.3                     # sampling temperature
+densepath -m experiment=ablate $S resume=auto algo.kl=k3 algo.kl_coef=0.1,1.0              # KL (reference: 0)
+[[ -n "${SKIP_REPORT:-}" ]] || python -m densepath.sweeps.studies ablations outputs/studies/ablations --out experiments/ablations

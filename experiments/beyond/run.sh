@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Study 2 (beyond the demonstrator, known-reward MDP): 5 seeds, then the tables and plots.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+densepath -m experiment=beyond seed=0,1,2,3,4 resume=auto
+[[ -n "${SKIP_REPORT:-}" ]] || python -m densepath.sweeps.studies beyond outputs/studies/beyond --out experiments/beyond

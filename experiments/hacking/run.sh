@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Study 4 (reward-hacking watch): DPR without KL at lr 1e-4 from each seed's SFT of experiment=main
+# (run experiments/main/run.sh first), recovered reward vs verifier success per step.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+densepath -m experiment=hacking seed=0,1,2,3,4 reward=log_ratio,logprob algo.kl=none resume=auto
+[[ -n "${SKIP_REPORT:-}" ]] || python -m densepath.sweeps.studies hacking outputs/studies/hacking --out experiments/hacking \
+  --main outputs/studies/main
