@@ -143,8 +143,13 @@ def test_choose_temperature_prefers_higher_on_ties():
 def test_temperature_stage_from_parent(sft_run: Path, tmp_path: Path, capsys):
     run_dir = tmp_path / "temp"
     run_cfg(
-        ["debug=tiny", "algo=sft", "algo.stages=[temperature]", f"parent_run={sft_run}",
-         "eval.temperatures=[0.5,1.0]"],
+        [
+            "debug=tiny",
+            "algo=sft",
+            "algo.stages=[temperature]",
+            f"parent_run={sft_run}",
+            "eval.temperatures=[0.5,1.0]",
+        ],
         run_dir,
     )
     assert "Best decoding temperature" in capsys.readouterr().out
@@ -162,7 +167,12 @@ def test_temperature_stage_from_parent(sft_run: Path, tmp_path: Path, capsys):
 def test_temperature_stage_rejects_unknown_policy(sft_run: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="temperature_policies"):
         run_cfg(
-            ["debug=tiny", "algo=sft", "algo.stages=[temperature]", f"parent_run={sft_run}",
-             "eval.temperature_policies=[sft,ppo]"],
+            [
+                "debug=tiny",
+                "algo=sft",
+                "algo.stages=[temperature]",
+                f"parent_run={sft_run}",
+                "eval.temperature_policies=[sft,ppo]",
+            ],
             tmp_path / "bad",
         )

@@ -99,3 +99,35 @@ def test_loop_samples_from_the_tempered_model_distribution(temperature: float):
 def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="sampler.engine"):
         HFSampler(engine="vllm")
+
+
+def test_eager_and_sdpa_attention_agree_on_padded_batches():
+    """models/attention.py picks `eager` on CPU for speed: the log-probs and greedy samples must not change."""
+    from densepath.models import attention
+    from densepath.rewards.logprobs import response_logprobs
+
+    model = tiny_llama(1).float()
+    b = sampler("loop").generate(model, PROMPTS, k=2, max_new_tokens=10, greedy=True)
+    outs = {}
+    for impl in ("sdpa", "eager"):
+        attention.configure(impl, "cpu")
+        try:
+            attention.apply(model)
+            lp = response_logprobs(model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask).logp
+            g = sampler("loop").generate(model, PROMPTS, k=2, max_new_tokens=10, greedy=True)
+        finally:
+            attention.configure(None, "cpu")
+        outs[impl] = (lp, g.response_ids)
+    assert model.config._attn_implementation == "eager"
+    assert torch.isfinite(outs["eager"][0]).all()
+    assert torch.allclose(outs["sdpa"][0], outs["eager"][0], atol=2e-5)
+    assert torch.equal(outs["sdpa"][1], outs["eager"][1])
+    assert attention.resolve("auto", "cpu") == "eager" and attention.resolve("auto", "cuda") == "sdpa"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        attention.resolve("fast", "cpu")
+    attention.configure("eager", "cpu")  # float64 models keep sdpa (eager + padding gives NaN there)
+    try:
+        m64 = attention.apply(tiny_llama(1))
+    finally:
+        attention.configure(None, "cpu")
+    assert m64.config._attn_implementation == "sdpa"

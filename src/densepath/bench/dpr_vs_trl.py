@@ -78,10 +78,16 @@ class RLBenchConfig:
     lr: float = 1e-5
     threads: int = dataclasses.field(default_factory=default_threads)
     seed: int = 0
+    # attention kernels: "framework" = each side as it runs by default (densepath: its run-wide
+    # `attn_implementation: auto` = eager on CPU; TRL: what transformers loads, sdpa); "sdpa" or
+    # "eager" = that kernel on every model of both sides
+    attn: str = "framework"
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and a valid choice."""
         check_model_and_precision(self.model, self.precision)
+        if self.attn not in ("framework", "sdpa", "eager"):
+            raise ValueError(f"--attn must be framework, sdpa or eager, got {self.attn!r}.")
         if self.k < 2:
             raise ValueError(
                 f"--k must be >= 2 (leave-one-out / RLOO need 2 samples per prompt), got {self.k}."
@@ -246,6 +252,7 @@ def trl_config(cfg: RLBenchConfig, output_dir: str, seed: int | None = None):
         dataloader_num_workers=0,
         seed=cfg.seed if seed is None else seed,
         log_completions=False,
+        model_init_kwargs={"attn_implementation": cfg.attn} if cfg.attn != "framework" else None,
     )
 
 
@@ -355,17 +362,35 @@ def run(cfg: RLBenchConfig) -> dict:
     tok, rows = toy_tokenizer_and_rows(n_prompts, cfg.seed)
     prompt_ids = [encode_prompt(tok, chat_messages(r.prompt)) for r in rows]
 
+    from densepath.models import attention
+
     policy_dp = build_llama(cfg.model, tok, cfg.seed)  # pi_theta, initialised at pi_SFT (same seed)
     sft = build_llama(cfg.model, tok, cfg.seed)  # frozen pi_SFT (TRL's reference is its own copy)
     base = build_llama(cfg.model, tok, cfg.seed + 1)  # frozen pi_base
+    # each side scores with its own copies of the two frozen models, so each runs its own kernel
+    trl_sft, trl_base = build_llama(cfg.model, tok, cfg.seed), build_llama(cfg.model, tok, cfg.seed + 1)
+    attention.configure("auto" if cfg.attn == "framework" else cfg.attn, "cpu")
+    try:
+        for m in (policy_dp, sft, base):
+            attention.apply(m)
+    finally:
+        attention.configure(None, "cpu")
+    if cfg.attn != "framework":
+        for m in (trl_sft, trl_base):
+            m.set_attn_implementation(cfg.attn)
+    kernels = {
+        "densepath": policy_dp.config._attn_implementation,
+        "trl": cfg.attn if cfg.attn != "framework" else trl_sft.config._attn_implementation,
+    }
     reward = build_reward(sft, base)
+    trl_reward_model = build_reward(trl_sft, trl_base)
     sampler = _fixed_length_sampler(tok, cfg.max_new_tokens)
     module = RLModule(
         policy_dp, reward, sampler, prompt_ids, k=cfg.k, lr=cfg.lr, kl="k3", kl_coef=cfg.kl_coef,
         max_new_tokens=cfg.max_new_tokens, temperature=1.0,
     )  # fmt: skip
     timings: dict = defaultdict(float)
-    reward_fn = make_trl_reward(reward, prompt_ids, tok.pad_token_id, cfg.precision, timings)
+    reward_fn = make_trl_reward(trl_reward_model, prompt_ids, tok.pad_token_id, cfg.precision, timings)
     dataset = Dataset.from_list(
         [{"prompt": chat_messages(r.prompt), "prompt_idx": i} for i, r in enumerate(rows)]
     )
@@ -394,6 +419,7 @@ def run(cfg: RLBenchConfig) -> dict:
         "vocab": len(tok),
         "prompt_tokens_mean": sum(map(len, prompt_ids)) / len(prompt_ids),
         "dtypes": {"densepath": sorted(probe_dp.dtypes), "trl": sorted(trl_dtypes)},
+        "kernels": kernels,
     }
 
 
@@ -424,6 +450,7 @@ def summarize(cfg: RLBenchConfig, res: dict) -> tuple[str, float]:
         f"generation_kwargs={{min_new_tokens: {cfg.max_new_tokens}}}, AdamW lr {cfg.lr}, max_grad_norm 1.0, "
         f"bf16={cfg.precision == 'bf16'}, use_cpu) reward_func = sum_t [log pi_SFT - log pi_base] via DenseReward",
         f"policy MLP output dtypes seen: densepath {res['dtypes']['densepath']}, trl {res['dtypes']['trl']}",
+        f"attention kernels (--attn {cfg.attn}): densepath {res['kernels']['densepath']}, trl {res['kernels']['trl']}",
         f"tokens generated per step: densepath {tokens['densepath'][0]}, trl {tokens['trl'][0]} (match: asserted)",
         f"{cfg.rounds} interleaved rounds x {cfg.steps} steps per side, first step of each block dropped: "
         f"{len(recs['densepath'])} timed steps per side; medians in seconds",

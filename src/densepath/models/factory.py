@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from densepath.models import attention
+
 log = logging.getLogger(__name__)
 
 
@@ -90,7 +92,7 @@ class TinyLlama(TrainOptions):
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        model = LlamaForCausalLM(cfg)
+        model = attention.apply(LlamaForCausalLM(cfg))
         log.info("built tiny Llama with %.2fM parameters", count_params(model) / 1e6)
         return model
 
@@ -128,8 +130,10 @@ class HFModel(TrainOptions):
     def build(self, tokenizer):
         self._check()
         path = str(Path(self.path).expanduser()) if Path(self.path).expanduser().exists() else self.path
-        return AutoModelForCausalLM.from_pretrained(
-            path, trust_remote_code=self.trust_remote_code, revision=self.revision, dtype=torch.float32
+        return attention.apply(
+            AutoModelForCausalLM.from_pretrained(
+                path, trust_remote_code=self.trust_remote_code, revision=self.revision, dtype=torch.float32
+            )
         )
 
 
@@ -180,7 +184,9 @@ class SmolLM2(TrainOptions):
         """Dequantise once into a cached safetensors folder (~15 s); later loads take ~1 s."""
         cached = self._cache()
         if (cached / "config.json").exists():
-            return LlamaForCausalLM.from_pretrained(str(cached), dtype=torch.float32, use_safetensors=True)
+            return attention.apply(
+                LlamaForCausalLM.from_pretrained(str(cached), dtype=torch.float32, use_safetensors=True)
+            )
         gguf = smollm2_gguf_path()
         loaded = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -198,7 +204,7 @@ class SmolLM2(TrainOptions):
         cached.parent.mkdir(parents=True, exist_ok=True)
         save_policy(plain, tokenizer, cached)
         log.info("dequantised SmolLM2 cached at %s", cached)
-        return plain
+        return attention.apply(plain)
 
 
 def decoder_layer_wrap_policy() -> set:

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from densepath.models import attention
+
 log = logging.getLogger(__name__)
 
 
@@ -92,4 +94,4 @@ def load_policy(path: str | Path, *, dtype=torch.float32, trust_remote_code: boo
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
-    return model, load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return attention.apply(model), load_tokenizer(path, trust_remote_code=trust_remote_code)

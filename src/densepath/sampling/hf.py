@@ -117,7 +117,6 @@ class HFSampler:
             ids.repeat_interleave(reps, 0), mask.repeat_interleave(reps, 0), resp, rmask, finished, k
         )
 
-
     def _decode_loop(self, model, ids, mask, k, max_new, temp, greedy, min_new) -> torch.Tensor:
         """(b*k, T') response tokens, prompt-major; rows that finished carry pad after their EOS."""
         from transformers import DynamicCache
@@ -126,8 +125,12 @@ class HFSampler:
         cache = DynamicCache()
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens at positions 0..len-1
         out = model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-            use_cache=True, logits_to_keep=1,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
         logits = out.logits[:, -1].float()  # (b, V)
         if k > 1:  # one prefill per prompt, then its cache and next-token logits serve all k samples
@@ -153,8 +156,11 @@ class HFSampler:
             if t == max_new - 1 or bool(done.all()):
                 return tokens[:, : t + 1]
             out = model(
-                input_ids=nxt[:, None], attention_mask=attn[:, : P + t + 1], position_ids=next_pos + t,
-                cache=cache, use_cache=True,
+                input_ids=nxt[:, None],
+                attention_mask=attn[:, : P + t + 1],
+                position_ids=next_pos + t,
+                cache=cache,
+                use_cache=True,
             )
             logits = out.logits[:, -1].float()
         return tokens

@@ -56,6 +56,10 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
         import torch
 
         torch.set_num_threads(int(cfg.threads))
+    from densepath.models import attention
+    from densepath.stages.common import device_for
+
+    attention.configure(cfg.get("attn_implementation", "auto"), device_for(ctx))
     timings = {}
     for name, fn in zip(stages, fns):
         if cfg.get("resume") == "auto" and ctx.stage_finished(name):

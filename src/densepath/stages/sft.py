@@ -99,7 +99,9 @@ def run(ctx) -> dict[str, float]:
     if rec.exists():  # written by RewardRecoveryCallback on rank 0
         metrics.update({f"recovery/{k}": v for k, v in json.loads(rec.read_text()).items()})
     metrics.update(
-        evaluate_and_report(ctx, module.model, title="SFT policy on `eval`", extra=entropy_extra(module.model))
+        evaluate_and_report(
+            ctx, module.model, title="SFT policy on `eval`", extra=entropy_extra(module.model)
+        )
     )
     manifest = {
         "checkpoints": {"policy": policy, **{f"snapshot_{k}": v for k, v in snaps.saved.items()}},

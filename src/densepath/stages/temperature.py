@@ -61,9 +61,12 @@ def run(ctx) -> dict[str, float]:
     eval_rows = splits["eval"][: cfg.eval.get("eval_size") or None]
     metrics: dict[str, float] = {}
     chosen: dict[str, float] = {}
-    lines = [f"| policy | val {head} greedy | " + " | ".join(f"T={t:g}" for t in temps)
-             + f" | chosen | eval {head} at chosen (95% CI) |",
-             "|---|---|" + "---|" * len(temps) + "---|---|"]
+    lines = [
+        f"| policy | val {head} greedy | "
+        + " | ".join(f"T={t:g}" for t in temps)
+        + f" | chosen | eval {head} at chosen (95% CI) |",
+        "|---|---|" + "---|" * len(temps) + "---|---|",
+    ]
     for stage in wanted:
         path = _policy_path(ctx, stage)
         if path is None:
@@ -72,17 +75,32 @@ def run(ctx) -> dict[str, float]:
         model.to(device).eval()
         val_scores: dict[float, float] = {}
         with autocast_for(ctx):
-            m, _ = evaluate_policy(model, ctx.tokenizer, task, val_rows, sampler, split="val", modes=("greedy",))
+            m, _ = evaluate_policy(
+                model, ctx.tokenizer, task, val_rows, sampler, split="val", modes=("greedy",)
+            )
             val_scores[0.0] = m[f"val/greedy/{head}"]
             for t in temps:
                 m, _ = evaluate_policy(
-                    model, ctx.tokenizer, task, val_rows, sampler, split="val", modes=("sampled",), temperature=t
+                    model,
+                    ctx.tokenizer,
+                    task,
+                    val_rows,
+                    sampler,
+                    split="val",
+                    modes=("sampled",),
+                    temperature=t,
                 )
                 val_scores[t] = m[f"val/sampled/{head}"]
             best = choose(val_scores)
             mode = "greedy" if best == 0.0 else "sampled"
             m, _ = evaluate_policy(
-                model, ctx.tokenizer, task, eval_rows, sampler, split="eval", modes=(mode,),
+                model,
+                ctx.tokenizer,
+                task,
+                eval_rows,
+                sampler,
+                split="eval",
+                modes=(mode,),
                 temperature=best if best > 0 else 1.0,
             )
         for t, v in val_scores.items():
@@ -91,11 +109,12 @@ def run(ctx) -> dict[str, float]:
         prefix = f"eval/{mode}/"
         for k, v in m.items():
             if k.startswith(prefix):
-                metrics[f"{stage}/eval/{k[len(prefix):]}"] = v
+                metrics[f"{stage}/eval/{k[len(prefix) :]}"] = v
         chosen[stage] = best
-        e = lambda s: metrics.get(f"{stage}/eval/{head}{s}", float("nan"))  # noqa: E731
+        e = lambda s, p=stage: metrics.get(f"{p}/eval/{head}{s}", float("nan"))  # noqa: E731
         lines.append(
-            f"| {stage} | {val_scores[0.0]:.3f} | " + " | ".join(f"{val_scores[t]:.3f}" for t in temps)
+            f"| {stage} | {val_scores[0.0]:.3f} | "
+            + " | ".join(f"{val_scores[t]:.3f}" for t in temps)
             + f" | {'greedy' if best == 0 else f'T={best:g}'} | {e(''):.3f} [{e('_lo'):.3f}, {e('_hi'):.3f}] |"
         )
         log.info("temperature: %s best on val = %s", stage, best)
@@ -105,7 +124,11 @@ def run(ctx) -> dict[str, float]:
             + (f" or parent_run={ctx.parent_run}" if ctx.parent_run else "")
             + "; run the training stages first or pass parent_run=<their run dir>"
         )
-    print("\n### Best decoding temperature per policy (chosen on `val`, reported on `eval`)\n\n"
-          + "\n".join(lines) + "\n", flush=True)
+    print(
+        "\n### Best decoding temperature per policy (chosen on `val`, reported on `eval`)\n\n"
+        + "\n".join(lines)
+        + "\n",
+        flush=True,
+    )
     ctx.record("temperature", metrics, {"temperatures": temps, "chosen": chosen})
     return metrics
