@@ -74,3 +74,41 @@ def test_main_report_tables_and_plot(tmp_path: Path):
     assert f"| dpr sampled T=1 | 3 | {d.mean():.3f} |" in md  # paired vs sft sampled
     assert "seed9" in md and (out / "main.png").stat().st_size > 0
     assert "sft: 0.5, 0.5, 0.5" in md
+
+
+def test_gradvar_runs_on_a_tiny_sft_run(sft_run: Path, tmp_path: Path):
+    import shutil
+
+    from densepath.eval import gradvar
+
+    run = tmp_path / "run"
+    shutil.copytree(sft_run, run)
+    (run / ".hydra").mkdir(exist_ok=True)
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+
+    OmegaConf.save(compose_cfg(["debug=tiny"], tmp_path), run / ".hydra" / "config.yaml")
+    assert (
+        gradvar.main(
+            [
+                str(run),
+                "--batches",
+                "3",
+                "--prompts",
+                "2",
+                "--k",
+                "2",
+                "--max-new-tokens",
+                "6",
+                "--out",
+                str(tmp_path / "gv"),
+            ]
+        )
+        == 0
+    )
+    res = json.loads((tmp_path / "gv" / "gradvar.json").read_text())
+    assert set(res) == {e[0] for e in gradvar.ESTIMATORS}
+    for r in res.values():
+        assert r["noise"] >= 0 and -1 <= r["cos_verifier"] <= 1 and math.isfinite(r["signal"])
+    assert res["verifier rloo"]["cos_verifier"] == pytest.approx(1.0) or res["verifier rloo"]["noise"] == 0

@@ -213,6 +213,8 @@ def policy_rows(jobs, head: str, policies=POLICIES) -> dict[str, dict[str, float
         rows[f"{p} sampled T=1"] = by_seed(jobs, f"{p}/eval/sampled/{head}")
         rows[f"{p} greedy"] = by_seed(jobs, f"{p}/eval/greedy/{head}")
         rows[f"{p} best T (val)"] = by_seed(jobs, f"temperature/{p}/eval/{head}")
+        rows[f"{p} last ckpt, T=1"] = by_seed(jobs, f"{p}/eval_last/sampled/{head}")
+        rows[f"{p} last ckpt, greedy"] = by_seed(jobs, f"{p}/eval_last/greedy/{head}")
     return {k: v for k, v in rows.items() if v}
 
 
@@ -255,7 +257,7 @@ def report_main(sweep: Path, out: Path) -> None:
             continue
         names = [n for n in rows if not n.startswith("sft ")]
         if ref == "sft sampled T=1":
-            names = [n for n in names if n.endswith("sampled T=1")]
+            names = [n for n in names if n.endswith("T=1")]
         elif ref == "sft greedy":
             names = [n for n in names if n.endswith("greedy")]
         else:
@@ -486,18 +488,14 @@ def report_beyond(sweep: Path, out: Path) -> None:
 
 
 def _parent_metrics(job) -> dict:
-    p = job["metrics"]
-    cfg = job["dir"] / ".hydra" / "config.yaml"
+    """metrics.json of the job's parent_run (relative paths are relative to the current dir)."""
     try:
         import yaml
 
-        parent = yaml.safe_load(cfg.read_text()).get("parent_run")
-        pm = Path(parent) / "metrics.json"
-        if not pm.is_absolute():
-            pm = Path.cwd() / pm
-        return json.loads(pm.read_text())
-    except (OSError, ValueError, AttributeError):
-        return {} if p is None else {}
+        parent = yaml.safe_load((job["dir"] / ".hydra" / "config.yaml").read_text()).get("parent_run")
+        return json.loads((Path(parent) / "metrics.json").read_text()) if parent else {}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 def report_ablations(sweep: Path, out: Path) -> None:
