@@ -620,7 +620,7 @@ def report_hacking(sweep: Path, out: Path, main_dir: Path | None = None) -> None
         "DPR from each seed's SFT of the main study, lr 1e-4, no KL, 60 steps x 16 prompts x 8 samples; "
         "the main study's own DPR run (k3 KL 1.0, lr 1e-5) for comparison.",
         "",
-        "| setting | n | seeds | reward: first 5 steps → last 5 | success: first 5 → last 5 | step where success first falls 0.05 below its start | best-val ckpt: eval success |",
+        "| setting | n | seeds | recovered return: first fifth of training → last fifth | verifier success: first fifth → last fifth | step where (smoothed) success first falls 0.05 below its start | best-val ckpt: eval success |",
         "|---|---:|---|---|---|---|---|",
     ]
     panels = []
@@ -633,11 +633,12 @@ def report_hacking(sweep: Path, out: Path, main_dir: Path | None = None) -> None
         steps = curves[0]["step"][:L]
         R = np.stack([c["train/reward"][:L] for c in curves])
         S = np.stack([c["train/true_success"][:L] for c in curves])
-        r0, r1 = R[:, :5].mean(1), R[:, -5:].mean(1)
-        s0, s1 = S[:, :5].mean(1), S[:, -5:].mean(1)
-        smooth = np.array([np.convolve(s, np.ones(5) / 5, mode="valid") for s in S]).mean(0)
+        w = max(1, L // 5)  # first / last fifth of the logged points
+        r0, r1 = R[:, :w].mean(1), R[:, -w:].mean(1)
+        s0, s1 = S[:, :w].mean(1), S[:, -w:].mean(1)
+        smooth = np.array([np.convolve(s, np.ones(w) / w, mode="valid") for s in S]).mean(0)
         drop = np.nonzero(smooth < smooth[0] - 0.05)[0]
-        where = f"{int(steps[drop[0] + 2])}" if len(drop) else "never"
+        where = f"{int(steps[drop[0] + w // 2])}" if len(drop) else "never"
         ev = summary(by_seed(js, "dpr/eval/sampled/success").values())
         md.append(
             f"| `{name}` | {len(curves)} | {seeds_of(js)} | {fmt_ci(summary(r0))} → {fmt_ci(summary(r1))} | "
