@@ -249,6 +249,12 @@ def report_main(sweep: Path, out: Path) -> None:
         "",
         "Temperatures chosen on `val` per seed: "
         + "; ".join(f"{p}: {chosen_temps(jobs, p)}" for p in POLICIES),
+        "",
+        "Best-`val` step per seed (0 = the SFT policy itself was best on `val`): "
+        + "; ".join(
+            f"{p}: " + ", ".join(f"{int(v)}" for v in by_seed(jobs, f"{p}/val/best_step").values())
+            for p in ("dpr", "continued_sft", "rloo")
+        ),
     ]
     # paired comparisons: each trained policy against SFT at T=1 and against SFT's best decoding
     comps = {}
