@@ -310,8 +310,8 @@ def report_main(sweep: Path, out: Path) -> None:
         md.append(f"| {p} | " + " | ".join(cells) + f" | {steps} | {tokens} |")
     md += failures_md(others)
     # plot: overall success per policy and decoding
-    fig = _fig(11, 4.2)
-    ax = fig.add_subplot(1, 2, 1)
+    fig = _fig(16, 4.4)
+    ax = fig.add_subplot(1, 3, 1)
     names = list(rows)
     colors = [
         "tab:grey"
@@ -332,7 +332,28 @@ def report_main(sweep: Path, out: Path) -> None:
         title=f"eval success, n={len(jobs)} seeds, 95% CI",
         ylabel="verifier success",
     )
-    ax2 = fig.add_subplot(1, 2, 2)
+    ax3 = fig.add_subplot(1, 3, 3)
+    diffs = []
+    for p in ("dpr", "continued_sft", "rloo"):
+        for dec, ref in (("sampled T=1", "sft sampled T=1"), ("greedy", "sft greedy")):
+            if f"{p} {dec}" in rows and ref in rows:
+                diffs.append((f"{p} {dec}", paired(rows[f"{p} {dec}"], rows[ref])))
+    if diffs:
+        ys = np.arange(len(diffs))
+        ax3.errorbar(
+            [d["mean"] for _, d in diffs],
+            ys,
+            xerr=[d["ci95"] if math.isfinite(d["ci95"]) else 0 for _, d in diffs],
+            fmt="o",
+            capsize=4,
+        )
+        ax3.axvline(0, color="black", lw=1)
+        ax3.set_yticks(ys)
+        ax3.set_yticklabels([n for n, _ in diffs], fontsize=8)
+        ax3.set_title("paired difference vs SFT at the same decoding, 95% CI", fontsize=10)
+        ax3.set_xlabel("success difference")
+        ax3.grid(axis="x", alpha=0.3)
+    ax2 = fig.add_subplot(1, 3, 2)
     width = 0.2
     xs = np.arange(len(fams))
     for i, p in enumerate(POLICIES):
