@@ -516,12 +516,13 @@ def report_beyond(sweep: Path, out: Path) -> None:
 
 def _parent_metrics(job) -> dict:
     """metrics.json of the job's parent_run (relative paths are relative to the current dir)."""
-    try:
-        import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-        parent = yaml.safe_load((job["dir"] / ".hydra" / "config.yaml").read_text()).get("parent_run")
+    try:
+        parent = OmegaConf.load(job["dir"] / ".hydra" / "config.yaml").get("parent_run")  # resolves ${seed}
         return json.loads((Path(parent) / "metrics.json").read_text()) if parent else {}
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, TypeError, OmegaConfBaseException):
         return {}
 
 
@@ -543,6 +544,9 @@ def report_ablations(sweep: Path, out: Path) -> None:
         "val": "dpr/val/best",
         "entropy": "dpr/eval/sampled/entropy_est",
         "reward": "dpr/eval/sampled/reward",
+        "last": f"dpr/eval_last/sampled/{head}",
+        "last_entropy": "dpr/eval_last/sampled/entropy_est",
+        "best_step": "dpr/val/best_step",
     }
     md = [
         "# Ablations (known-reward MDP, DPR from each seed's SFT of `experiment=beyond`): results",
@@ -563,12 +567,17 @@ def report_ablations(sweep: Path, out: Path) -> None:
             "",
         ]
     md += [
-        "| configuration | n | seeds | sampled true return | greedy true return | entropy/token | recovered return | diff vs reference (sampled) | p (Holm) |",
-        "|---|---:|---|---|---|---|---|---|---:|",
+        "| configuration | n | seeds | sampled true return | greedy true return | entropy/token | recovered return "
+        "| last ckpt: sampled true return | last ckpt: entropy/token | best-val steps "
+        "| diff vs reference (best-val, sampled) | p (Holm) | diff vs reference (last, sampled) | p (Holm) |",
+        "|---|---:|---|---|---|---|---|---|---|---|---|---:|---|---:|",
     ]
     rows = {c: by_seed(js, metrics["sampled"]) for c, js in groups.items()}
     comps = compare_rows(rows, ref, list(rows)) if ref in rows else []
     cmap = {c["name"]: c for c in comps}
+    rows_last = {c: by_seed(js, metrics["last"]) for c, js in groups.items()}
+    comps_last = compare_rows(rows_last, ref, list(rows_last)) if ref in rows_last else []
+    cmap_last = {c["name"]: c for c in comps_last}
     stats = {}
     order = sorted(groups, key=lambda c: (c != ref, c))
     for c in order:
@@ -577,33 +586,64 @@ def report_ablations(sweep: Path, out: Path) -> None:
         stats[c] = st
         cp = cmap.get(c)
         diff = f"{fmt(cp['mean'])} [{fmt(cp['lo'])}, {fmt(cp['hi'])}]" if cp else "-"
+        cl = cmap_last.get(c)
+        diff_last = f"{fmt(cl['mean'])} [{fmt(cl['lo'])}, {fmt(cl['hi'])}]" if cl else "-"
         md.append(
             f"| `{c}` | {st['sampled']['n']} | {seeds_of(js)} | {fmt_ci(st['sampled'])} | {fmt_ci(st['greedy'])} | "
-            f"{fmt_ci(st['entropy'])} | {fmt_ci(st['reward'])} | {diff} | {fmt_p(cp['p_holm']) if cp else '-'} |"
+            f"{fmt_ci(st['entropy'])} | {fmt_ci(st['reward'])} | {fmt_ci(st['last'])} | {fmt_ci(st['last_entropy'])} | "
+            f"{', '.join(str(int(v)) for v in by_seed(js, metrics['best_step']).values())} | "
+            f"{diff} | {fmt_p(cp['p_holm']) if cp else '-'} | {diff_last} | {fmt_p(cl['p_holm']) if cl else '-'} |"
         )
     md += failures_md(others)
-    fig = _fig(max(7, 0.6 * len(order) + 3), 4.5)
+    fig = _fig(max(8, 0.7 * len(order) + 3), 5.0)
     ax = fig.add_subplot(1, 1, 1)
-    bar_ci(
-        ax,
-        order,
-        [stats[c]["sampled"] for c in order],
-        [list(rows[c].values()) for c in order],
-        ["tab:orange" if c == ref else "tab:blue" for c in order],
-        title="DPR ablations: eval true return (sampled T=1), 95% CI over seeds",
-        ylabel="true return",
-    )
+    xs = np.arange(len(order))
+    for off, key, rws, color, label in (
+        (-0.2, "sampled", rows, "tab:blue", "best-val checkpoint"),
+        (0.2, "last", rows_last, "tab:purple", "last checkpoint"),
+    ):
+        st = [stats[c][key] for c in order]
+        ax.bar(
+            xs + off,
+            [x["mean"] for x in st],
+            0.4,
+            color=color,
+            alpha=0.75,
+            label=label,
+            yerr=[x["ci95"] if math.isfinite(x["ci95"]) else 0 for x in st],
+            capsize=3,
+        )
+        for i, c in enumerate(order):
+            v = list(rws[c].values())
+            ax.scatter(np.full(len(v), xs[i] + off), v, s=8, color="black", zorder=3)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(order, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel("eval true return (sampled, T=1)")
+    ax.set_title("DPR ablations on the known-reward MDP: 95% CI over seeds", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
     if sft:
         ax.axhline(s_s["mean"], color="tab:grey", ls="--", lw=1, label="SFT sampled")
         ax.axhline(s_g["mean"], color="black", ls=":", lw=1, label="SFT greedy")
         if ex is not None:
             ax.axhline(ex, color="tab:red", ls="--", lw=1, label="expert")
-        ax.legend(fontsize=7)
+        if best is not None:
+            ax.axhline(best, color="tab:green", ls="--", lw=1, label="best possible")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "ablations.png", dpi=120)
     md += ["", "![ablations](ablations.png)"]
-    write_outputs(out, md, {"rows": rows, "stats": stats, "comparisons": comps})
+    write_outputs(
+        out,
+        md,
+        {
+            "rows": rows,
+            "rows_last": rows_last,
+            "stats": stats,
+            "comparisons": comps,
+            "comparisons_last": comps_last,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- reward-hacking watch
