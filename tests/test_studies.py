@@ -112,3 +112,46 @@ def test_gradvar_runs_on_a_tiny_sft_run(sft_run: Path, tmp_path: Path):
     for r in res.values():
         assert r["noise"] >= 0 and -1 <= r["cos_verifier"] <= 1 and math.isfinite(r["signal"])
     assert res["verifier rloo"]["cos_verifier"] == pytest.approx(1.0) or res["verifier rloo"]["noise"] == 0
+
+
+def test_ablations_report_pairs_by_seed_and_finds_the_parent_sft(tmp_path: Path):
+    parent_root = tmp_path / "beyond"
+    for s in range(3):
+        (parent_root / f"seed{s}").mkdir(parents=True)
+        (parent_root / f"seed{s}" / "metrics.json").write_text(
+            json.dumps({"sft/eval/sampled/true_return": 5.0 + s, "sft/eval/greedy/true_return": 10.0})
+        )
+    sweep = tmp_path / "abl"
+    ref = [1.0, 2.0, 3.0]
+    alt = [4.0, 4.5, 7.0]
+    for s in range(3):
+        for name, vals, extra in (("ref", ref, []), ("alt", alt, ["reward=logprob"])):
+            d = sweep / f"{name}{s}"
+            _job(
+                sweep,
+                f"{name}{s}",
+                ["experiment=ablate", *extra, f"seed={s}"],
+                {"dpr/eval/sampled/true_return": vals[s], "dpr/eval_last/sampled/true_return": vals[s] - 1},
+            )
+            (d / ".hydra" / "config.yaml").write_text(
+                f"seed: {s}\nparent_run: {parent_root}/seed${{seed}}\n"
+            )
+    out = tmp_path / "out"
+    studies.report_ablations(sweep, out)
+    md = (out / "results.md").read_text()
+    assert "SFT (the starting point): sampled 6.000" in md  # parents' mean of 5, 6, 7
+    d = np.array(alt) - np.array(ref)
+    mean, half = studies.t_interval(d)
+    assert f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]" in md
+    assert (out / "ablations.png").stat().st_size > 0
+
+
+def test_read_curves_takes_the_logged_training_rows(tmp_path: Path):
+    d = tmp_path / "job" / "dpr" / "csv"
+    d.mkdir(parents=True)
+    (d / "metrics.csv").write_text(
+        "step,train/reward,train/true_success,val/success\n0,1.5,0.25,\n1,2.5,0.5,\n1,,,0.4\n"
+    )
+    c = studies.read_curves(tmp_path / "job")
+    assert c["step"].tolist() == [0.0, 1.0] and c["train/reward"].tolist() == [1.5, 2.5]
+    assert c["train/true_success"].tolist() == [0.25, 0.5]
