@@ -671,7 +671,9 @@ def read_curves(job_dir: Path, stage: str = "dpr") -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in cols.items()}
 
 
-def report_hacking(sweep: Path, out: Path, main_dir: Path | None = None) -> None:
+def report_hacking(
+    sweep: Path, out: Path, main_dir: Path | None = None, ablations_dir: Path | None = None
+) -> None:
     jobs, others = load_jobs(sweep)
     settings: dict[str, list] = {}
     for j in jobs:
@@ -679,16 +681,24 @@ def report_hacking(sweep: Path, out: Path, main_dir: Path | None = None) -> None
     if main_dir is not None and Path(main_dir).is_dir():
         mj, _ = load_jobs(Path(main_dir))
         settings["main study DPR (log_ratio, k3 KL 1.0, lr 1e-5, 50 steps)"] = mj
+    truth = {name: ("train/true_success", 0.05, "verifier success") for name in settings}
+    if ablations_dir is not None and Path(ablations_dir).is_dir():
+        aj, _ = load_jobs(Path(ablations_dir))
+        for cfg, label in (("(reference)", "log_ratio"), ("reward=logprob", "logprob")):
+            name = f"known-reward MDP, {label}, no KL, lr 1e-3 (ablations)"
+            settings[name] = [j for j in aj if j["config"] == cfg]
+            truth[name] = ("train/true_true_return", 0.5, "true return")
     md = [
         "# Reward-hacking watch: results",
         "",
         "Per training step, the recovered return of the policy's own samples (what DPR maximises) next to the "
         "verifier success of the same samples (what we want), mean over seeds with a 95% band. Setting: "
         "DPR from each seed's SFT of the main study, lr 1e-4, no KL, 60 steps x 16 prompts x 8 samples; "
-        "the main study's own DPR run (k3 KL 1.0, lr 1e-5) for comparison.",
+        "the main study's own DPR run (k3 KL 1.0, lr 1e-5) for comparison. The plot shows 5-step moving "
+        "averages, mean over seeds with a 95% band.",
         "",
-        "| setting | n | seeds | recovered return: first fifth of training → last fifth | verifier success: first fifth → last fifth | step where (smoothed) success first falls 0.05 below its start | best-val ckpt: eval success |",
-        "|---|---:|---|---|---|---|---|",
+        "| setting | n | seeds | recovered return: first fifth of training → last fifth | verifier success (true return): first fifth → last fifth | step where it (smoothed) first falls 0.05 (0.5) below its start | best-val ckpt: eval success (true return) | last ckpt: eval success (true return) |",
+        "|---|---:|---|---|---|---|---|---|",
     ]
     panels = []
     for name, js in settings.items():
@@ -699,26 +709,33 @@ def report_hacking(sweep: Path, out: Path, main_dir: Path | None = None) -> None
         L = min(len(c["step"]) for c in curves)
         steps = curves[0]["step"][:L]
         R = np.stack([c["train/reward"][:L] for c in curves])
-        S = np.stack([c["train/true_success"][:L] for c in curves])
+        key, thresh, _ = truth[name]
+        S = np.stack([c[key][:L] for c in curves])
         w = max(1, L // 5)  # first / last fifth of the logged points
         r0, r1 = R[:, :w].mean(1), R[:, -w:].mean(1)
         s0, s1 = S[:, :w].mean(1), S[:, -w:].mean(1)
         smooth = np.array([np.convolve(s, np.ones(w) / w, mode="valid") for s in S]).mean(0)
-        drop = np.nonzero(smooth < smooth[0] - 0.05)[0]
+        drop = np.nonzero(smooth < smooth[0] - thresh)[0]
         where = f"{int(steps[drop[0] + w // 2])}" if len(drop) else "never"
-        ev = summary(by_seed(js, "dpr/eval/sampled/success").values())
+        ev = summary(by_seed(js, "dpr/eval/sampled/" + key.split("/true_", 1)[1]).values())
+        ev_last = summary(by_seed(js, "dpr/eval_last/sampled/" + key.split("/true_", 1)[1]).values())
         md.append(
             f"| `{name}` | {len(curves)} | {seeds_of(js)} | {fmt_ci(summary(r0))} → {fmt_ci(summary(r1))} | "
-            f"{fmt_ci(summary(s0))} → {fmt_ci(summary(s1))} | {where} | {fmt_ci(ev)} |"
+            f"{fmt_ci(summary(s0))} → {fmt_ci(summary(s1))} | {where} | {fmt_ci(ev)} | {fmt_ci(ev_last)} |"
         )
-        panels.append((name, steps, R, S))
+        panels.append((name, steps, R, S, truth[name][2]))
     md += failures_md(others)
-    fig = _fig(4.2 * max(1, len(panels)), 3.8)
-    for i, (name, steps, R, S) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+    ncol = min(3, max(1, len(panels)))
+    nrow = max(1, math.ceil(len(panels) / ncol))
+    fig = _fig(4.6 * ncol, 3.6 * nrow)
+    for i, (name, steps, R, S, truth_label) in enumerate(panels):
+        ax = fig.add_subplot(nrow, ncol, i + 1)
+        w = 5 if len(steps) >= 20 else 1  # moving average over 5 steps (each step: 16 prompts only)
+        sm = lambda x, w=w: np.array([np.convolve(r, np.ones(w) / w, mode="valid") for r in x])  # noqa: E731
+        steps_s = steps[w - 1 :]
         for arr, color, label, axis in (
-            (R, "tab:blue", "recovered return", ax),
-            (S, "tab:red", "verifier success", None),
+            (sm(R), "tab:blue", "recovered return", ax),
+            (sm(S), "tab:red", truth_label, None),
         ):
             a = axis if axis is not None else ax.twinx()
             m = arr.mean(0)
@@ -727,11 +744,11 @@ def report_hacking(sweep: Path, out: Path, main_dir: Path | None = None) -> None
                 if arr.shape[0] > 1
                 else np.zeros_like(m)
             )
-            a.plot(steps, m, color=color, label=label)
-            a.fill_between(steps, m - h, m + h, color=color, alpha=0.2)
-            a.set_ylabel(label, color=color, fontsize=8)
+            a.plot(steps_s, m, color=color, label=label)
+            a.fill_between(steps_s, m - h, m + h, color=color, alpha=0.2)
+            a.set_ylabel(label + (f" ({w}-step mean)" if w > 1 else ""), color=color, fontsize=8)
         ax.set_xlabel("RL step")
-        ax.set_title(name if len(name) < 45 else name[:42] + "...", fontsize=8)
+        ax.set_title(name if len(name) < 60 else name[:57] + "...", fontsize=8)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "hacking.png", dpi=120)
@@ -747,6 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--main", type=Path, default=None, help="hacking: the main study's sweep dir (its DPR curves)"
     )
+    p.add_argument(
+        "--ablations", type=Path, default=None, help="hacking: the ablations' sweep dir (known-reward curves)"
+    )
     a = p.parse_args(argv)
     if a.study == "main":
         report_main(a.sweep_dir, a.out)
@@ -755,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif a.study == "ablations":
         report_ablations(a.sweep_dir, a.out)
     else:
-        report_hacking(a.sweep_dir, a.out, a.main)
+        report_hacking(a.sweep_dir, a.out, a.main, a.ablations)
     return 0
 
 
