@@ -258,11 +258,13 @@ def report_main(sweep: Path, out: Path) -> None:
     ]
     # paired comparisons: each trained policy against SFT at T=1 and against SFT's best decoding
     comps = {}
-    for ref in ("sft sampled T=1", "sft best T (val)", "sft greedy"):
+    for ref in ("sft sampled T=1", "sft best T (val)", "sft greedy", "continued_sft best T (val)"):
         if ref not in rows:
             continue
         names = [n for n in rows if not n.startswith("sft ")]
-        if ref == "sft sampled T=1":
+        if ref.startswith("continued_sft"):
+            names = [n for n in names if n.startswith(("dpr", "rloo")) and n.endswith("best T (val)")]
+        elif ref == "sft sampled T=1":
             names = [n for n in names if n.endswith("T=1")]
         elif ref == "sft greedy":
             names = [n for n in names if n.endswith("greedy")]
