@@ -133,9 +133,7 @@ def test_ablations_report_pairs_by_seed_and_finds_the_parent_sft(tmp_path: Path)
                 ["experiment=ablate", *extra, f"seed={s}"],
                 {"dpr/eval/sampled/true_return": vals[s], "dpr/eval_last/sampled/true_return": vals[s] - 1},
             )
-            (d / ".hydra" / "config.yaml").write_text(
-                f"seed: {s}\nparent_run: {parent_root}/seed${{seed}}\n"
-            )
+            (d / ".hydra" / "config.yaml").write_text(f"seed: {s}\nparent_run: {parent_root}/seed${{seed}}\n")
     out = tmp_path / "out"
     studies.report_ablations(sweep, out)
     md = (out / "results.md").read_text()

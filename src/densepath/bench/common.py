@@ -142,3 +142,13 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def add_config_flags(parser, config_cls) -> None:
+    """A ``--flag`` for every field of a benchmark's frozen config dataclass (``max_new_tokens`` ->
+    ``--max-new-tokens``), typed and defaulted like the field."""
+    import dataclasses
+
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)

@@ -46,6 +46,7 @@ import torch
 
 from densepath.bench.common import (
     MODEL_PRESETS,
+    add_config_flags,
     build_llama,
     chat_messages,
     check_model_and_precision,
@@ -514,9 +515,7 @@ def parse_args(argv: Sequence[str]) -> tuple[RLBenchConfig, bool]:
     p = argparse.ArgumentParser(
         prog="python -m densepath.bench dpr_vs_trl", description=__doc__.split("\n")[0]
     )
-    for f in dataclasses.fields(RLBenchConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
+    add_config_flags(p, RLBenchConfig)
     p.add_argument(
         "--check", action="store_true", help=f"exit 1 if the densepath/trl step ratio > {MAX_STEP_RATIO}"
     )

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from densepath.bench.common import (
+    add_config_flags,
     build_llama,
     check_model_and_precision,
     default_threads,
@@ -196,9 +197,7 @@ def summarize(cfg: FlopsConfig, res: dict) -> str:
 def parse_args(argv: Sequence[str]) -> FlopsConfig:
     """CLI flags for every :class:`FlopsConfig` field."""
     p = argparse.ArgumentParser(prog="python -m densepath.bench flops", description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(FlopsConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
+    add_config_flags(p, FlopsConfig)
     return FlopsConfig(**vars(p.parse_args(list(argv))))
 
 

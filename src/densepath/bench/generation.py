@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from densepath.bench.common import (
+    add_config_flags,
     build_llama,
     chat_messages,
     check_model_and_precision,
@@ -150,9 +151,7 @@ def parse_args(argv: Sequence[str]) -> GenBenchConfig:
     p = argparse.ArgumentParser(
         prog="python -m densepath.bench generation", description=__doc__.split("\n")[0]
     )
-    for f in dataclasses.fields(GenBenchConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
+    add_config_flags(p, GenBenchConfig)
     return GenBenchConfig(**vars(p.parse_args(list(argv))))
 
 

@@ -34,6 +34,7 @@ import torch
 
 from densepath.bench.common import (
     MODEL_PRESETS,
+    add_config_flags,
     build_llama,
     chat_messages,
     check_model_and_precision,
@@ -218,9 +219,7 @@ def parse_args(argv: Sequence[str]) -> tuple[SFTBenchConfig, bool]:
     p = argparse.ArgumentParser(
         prog="python -m densepath.bench sft_overhead", description=__doc__.split("\n")[0]
     )
-    for f in dataclasses.fields(SFTBenchConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
+    add_config_flags(p, SFTBenchConfig)
     p.add_argument("--check", action="store_true", help=f"exit 1 if the overhead > {MAX_OVERHEAD}")
     ns = vars(p.parse_args(list(argv)))
     check = ns.pop("check")

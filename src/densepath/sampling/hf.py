@@ -85,14 +85,20 @@ class HFSampler:
 
     def _generate_chunk(self, model, prompts, k, max_new, temp, greedy, min_new, device):
         ids, mask = left_pad(prompts, self.pad_token_id, device)
+        n = 1 if greedy else k  # greedy is deterministic: one row per prompt, replicated below
         if self.engine == "loop" and self.top_p >= 1.0:
-            out = self._decode_loop(model, ids, mask, 1 if greedy else k, max_new, temp, greedy, min_new)
-            if greedy and k > 1:
-                out = out.repeat_interleave(k, dim=0)
-            resp, rmask, finished = mask_after_eos(out, self.eos_token_id, self.pad_token_id)
-            return SampleBatch(
-                ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), resp, rmask, finished, k
-            )
+            out = self._decode_loop(model, ids, mask, n, max_new, temp, greedy, min_new)
+        else:
+            out = self._hf_generate(model, ids, mask, n, max_new, temp, greedy, min_new)
+        if n < k:
+            out = out.repeat_interleave(k, dim=0)
+        resp, rmask, finished = mask_after_eos(out, self.eos_token_id, self.pad_token_id)
+        return SampleBatch(
+            ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), resp, rmask, finished, k
+        )
+
+    def _hf_generate(self, model, ids, mask, n, max_new, temp, greedy, min_new) -> torch.Tensor:
+        """(b*n, T') response tokens from one `model.generate` call."""
         kwargs = dict(
             input_ids=ids,
             attention_mask=mask,
@@ -101,21 +107,13 @@ class HFSampler:
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_id,
             use_cache=True,
-            num_return_sequences=1 if greedy else k,
+            num_return_sequences=n,
         )
         if greedy:
             kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
         else:
             kwargs.update(do_sample=True, temperature=temp, top_k=0, top_p=self.top_p)
-        out = model.generate(**kwargs)  # (b*k, P + T')
-        P = ids.shape[1]
-        if greedy and k > 1:  # greedy is deterministic: replicate rather than recompute
-            out = out.repeat_interleave(k, dim=0)
-        resp, rmask, finished = mask_after_eos(out[:, P:], self.eos_token_id, self.pad_token_id)
-        reps = k
-        return SampleBatch(
-            ids.repeat_interleave(reps, 0), mask.repeat_interleave(reps, 0), resp, rmask, finished, k
-        )
+        return model.generate(**kwargs)[:, ids.shape[1] :]
 
     def _decode_loop(self, model, ids, mask, k, max_new, temp, greedy, min_new) -> torch.Tensor:
         """(b*k, T') response tokens, prompt-major; rows that finished carry pad after their EOS."""

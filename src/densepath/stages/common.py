@@ -92,16 +92,21 @@ def device_for(ctx) -> torch.device:
     return torch.device("cpu")
 
 
+def entropy_per_token(logp: torch.Tensor, mask: torch.Tensor):
+    """Per-sample entropy estimate of the sampling policy: mean over response tokens of -log pi. (B,)"""
+    m = mask.float()
+    return (-(logp.float() * m).sum(-1) / m.sum(-1).clamp(min=1)).cpu().numpy()
+
+
 def entropy_extra(policy):
-    """Per-sample entropy estimate of the sampling policy: mean over response tokens of -log pi."""
+    """`evaluate_policy` extra: the entropy estimate of each sample."""
     from densepath.rewards.logprobs import response_logprobs
 
     @torch.no_grad()
     def extra(b):
         b = b.to(next(policy.parameters()).device)
         lp = response_logprobs(policy, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask).logp
-        m = b.response_mask.float()
-        return {"entropy_est": (-(lp.float() * m).sum(-1) / m.sum(-1).clamp(min=1)).cpu().numpy()}
+        return {"entropy_est": entropy_per_token(lp, b.response_mask)}
 
     return extra
 

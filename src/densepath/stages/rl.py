@@ -22,6 +22,7 @@ from densepath.rewards.dense import DenseReward
 from densepath.rewards.logprobs import response_logprobs
 from densepath.stages.common import (
     device_for,
+    entropy_per_token,
     evaluate_and_report,
     flat_config,
     make_trainer,
@@ -54,7 +55,7 @@ def reward_and_kl_extra(reward: DenseReward, policy):
         return {
             "reward": (out.rewards.float() * m).sum(-1).cpu().numpy(),
             "kl_to_sft": ((lp.float() - out.logp_sft.float()) * m).sum(-1).cpu().numpy(),
-            "entropy_est": (-(lp.float() * m).sum(-1) / m.sum(-1).clamp(min=1)).cpu().numpy(),
+            "entropy_est": entropy_per_token(lp, m),
         }
 
     return extra
