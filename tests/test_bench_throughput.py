@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from densepath.bench import __main__ as dispatcher
-from densepath.bench import common, flops, generation, sft_overhead
+from benchmarks import __main__ as dispatcher
+from benchmarks import common, flops, generation, sft_overhead
 
 
 def test_every_registered_benchmark_exposes_main():
@@ -62,7 +62,7 @@ def test_generation_both_variants_generate_exactly_prompts_k_tokens():
 @pytest.mark.slow
 def test_dpr_vs_trl_matches_tokens_and_reports_phases():
     # trl is a dev/bench extra (installed by `make test`), never a runtime dependency
-    from densepath.bench import dpr_vs_trl
+    from benchmarks import dpr_vs_trl
 
     cfg = dpr_vs_trl.RLBenchConfig(
         model="tiny", prompts=2, k=2, max_new_tokens=4, rounds=1, steps=2, precision="fp32"
@@ -78,7 +78,7 @@ def test_dpr_vs_trl_matches_tokens_and_reports_phases():
 
 
 def test_dpr_vs_trl_rejects_k1_and_zero_beta():
-    from densepath.bench import dpr_vs_trl
+    from benchmarks import dpr_vs_trl
 
     with pytest.raises(ValueError, match="--k"):
         dpr_vs_trl.RLBenchConfig(k=1).validate()
@@ -87,7 +87,7 @@ def test_dpr_vs_trl_rejects_k1_and_zero_beta():
 
 
 def test_e2e_reads_stage_times_in_pipeline_order(tmp_path):
-    from densepath.bench import e2e
+    from benchmarks import e2e
 
     metrics = {"dpr/time_s": 60.0, "dpr/train/time_s": 50.0, "sft/time_s": 140.0, "sft/eval/x": 1.0}
     assert list(e2e.stage_times(metrics)) == ["sft", "dpr"]

@@ -1,4 +1,4 @@
-"""Statistics and tables of densepath.sweeps.studies against scipy and hand-made sweeps."""
+"""The study reports of experiments/<study>/report.py and the gradvar probe on hand-made sweeps and runs."""
 
 from __future__ import annotations
 
@@ -9,38 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from densepath.sweeps import studies
-
-
-def test_holm_matches_hand_computation():
-    adj = studies.holm([0.01, 0.04, 0.03, 0.005, math.nan])
-    assert adj[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert math.isnan(adj[4])
-
-
-def test_paired_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(0)
-    a = rng.normal(0.5, 0.1, 6)
-    b = a - rng.normal(0.05, 0.03, 6)
-    A = {str(i): float(x) for i, x in enumerate(a)}
-    B = {str(i): float(x) for i, x in enumerate(b)}
-    B["99"] = 1.0  # unpaired seed: ignored
-    r = studies.paired(A, B)
-    ref = stats.ttest_rel(a, b)
-    assert r["n"] == 6 and r["p"] == pytest.approx(ref.pvalue, rel=1e-8)
-    d = a - b
-    half = stats.t.ppf(0.975, 5) * d.std(ddof=1) / math.sqrt(6)
-    assert r["lo"] == pytest.approx(d.mean() - half) and r["hi"] == pytest.approx(d.mean() + half)
-
-
-def test_min_detectable_effect_has_about_80_percent_power():
-    stats = pytest.importorskip("scipy.stats")
-    n, sd = 5, 0.04
-    mde = studies.min_detectable_effect(sd, n)
-    crit = stats.t.ppf(0.975, n - 1)
-    power = stats.nct.sf(crit, n - 1, mde / (sd / math.sqrt(n)))
-    assert 0.75 < power < 0.85
+from densepath.sweeps.aggregate import t_interval
+from experiments.ablations.report import report_ablations
+from experiments.hacking.report import read_curves
+from experiments.main.report import report_main
 
 
 def _job(root: Path, name: str, overrides: list[str], metrics: dict) -> None:
@@ -66,9 +38,9 @@ def test_main_report_tables_and_plot(tmp_path: Path):
     (sweep / "seed9" / ".hydra").mkdir(parents=True)  # unfinished: listed, not counted
     (sweep / "seed9" / ".hydra" / "overrides.yaml").write_text("- seed=9\n")
     out = tmp_path / "out"
-    studies.report_main(sweep, out)
+    report_main(sweep, out)
     md = (out / "results.md").read_text()
-    mean, half = studies.t_interval(vals["dpr"])
+    mean, half = t_interval(vals["dpr"])
     assert f"| dpr sampled T=1 | 3 | {mean:.3f} ± {half:.3f} |" in md
     d = np.array(vals["dpr"]) - np.array(vals["sft"])
     assert f"| dpr sampled T=1 | 3 | {d.mean():.3f} |" in md  # paired vs sft sampled
@@ -79,7 +51,7 @@ def test_main_report_tables_and_plot(tmp_path: Path):
 def test_gradvar_runs_on_a_tiny_sft_run(sft_run: Path, tmp_path: Path):
     import shutil
 
-    from densepath.eval import gradvar
+    from experiments.main import gradvar
 
     run = tmp_path / "run"
     shutil.copytree(sft_run, run)
@@ -135,11 +107,11 @@ def test_ablations_report_pairs_by_seed_and_finds_the_parent_sft(tmp_path: Path)
             )
             (d / ".hydra" / "config.yaml").write_text(f"seed: {s}\nparent_run: {parent_root}/seed${{seed}}\n")
     out = tmp_path / "out"
-    studies.report_ablations(sweep, out)
+    report_ablations(sweep, out)
     md = (out / "results.md").read_text()
     assert "SFT (the starting point): sampled 6.000" in md  # parents' mean of 5, 6, 7
     d = np.array(alt) - np.array(ref)
-    mean, half = studies.t_interval(d)
+    mean, half = t_interval(d)
     assert f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]" in md
     assert (out / "ablations.png").stat().st_size > 0
 
@@ -150,6 +122,6 @@ def test_read_curves_takes_the_logged_training_rows(tmp_path: Path):
     (d / "metrics.csv").write_text(
         "step,train/reward,train/true_success,val/success\n0,1.5,0.25,\n1,2.5,0.5,\n1,,,0.4\n"
     )
-    c = studies.read_curves(tmp_path / "job")
+    c = read_curves(tmp_path / "job")
     assert c["step"].tolist() == [0.0, 1.0] and c["train/reward"].tolist() == [1.5, 2.5]
     assert c["train/true_success"].tolist() == [0.25, 0.5]

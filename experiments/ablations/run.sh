@@ -12,4 +12,4 @@ densepath -m experiment=ablate $S resume=auto baseline=base,uniform,ensemble    
 densepath -m experiment=ablate $S resume=auto algo.temperature=0.7,1.3                     # sampling temperature
 densepath -m experiment=ablate $S resume=auto algo.kl=k3 algo.kl_coef=0.1,1.0              # KL (reference: 0)
 densepath -m experiment=ablate $S resume=auto reward=logprob algo.kl=k3 algo.kl_coef=0.1,1.0,10.0   # logprob: the entropy cost vs KL
-[[ -n "${SKIP_REPORT:-}" ]] || python -m densepath.sweeps.studies ablations outputs/studies/ablations --out experiments/ablations
+[[ -n "${SKIP_REPORT:-}" ]] || python -m experiments.ablations.report outputs/studies/ablations --out experiments/ablations

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 densepath -m experiment=hacking seed=0,1,2,3,4 reward=log_ratio,logprob algo.kl=none resume=auto
 densepath -m experiment=hacking seed=0,1,2,3,4 reward=logprob algo.kl=k3 algo.kl_coef=1.0 algo.lr=1e-5 resume=auto
-[[ -n "${SKIP_REPORT:-}" ]] || python -m densepath.sweeps.studies hacking outputs/studies/hacking --out experiments/hacking \
+[[ -n "${SKIP_REPORT:-}" ]] || python -m experiments.hacking.report outputs/studies/hacking --out experiments/hacking \
   --main outputs/studies/main --ablations outputs/studies/ablations

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 densepath -m experiment=main seed=0,1,2,3,4 resume=auto
-[[ -n "${SKIP_REPORT:-}" ]] || python -m densepath.sweeps.studies main outputs/studies/main --out experiments/main
+[[ -n "${SKIP_REPORT:-}" ]] || python -m experiments.main.report outputs/studies/main --out experiments/main

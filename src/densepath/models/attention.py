@@ -2,8 +2,8 @@
 
 Why: at the scale of the built-in models on CPU, transformers' `eager` attention (two small
 matmuls and a softmax) is much faster than `sdpa`, whose CPU flash kernel has a large fixed cost
-per call. Measured on the 2-core bench machine with the 5M model (`python -m densepath.bench
-dpr_vs_trl --attn`, and experiments/benchmarks/README.md): the RL update's forward + backward
+per call. Measured on the 2-core bench machine with the 5M model (`python -m benchmarks
+dpr_vs_trl --attn`, and benchmarks/README.md): the RL update's forward + backward
 0.87 s (eager) vs 1.26 s (sdpa), 4,096 sampled tokens 0.65 s vs 0.84 s. On a GPU, `sdpa` (or
 flash attention) is the right choice. The math is the same; only rounding differs.
 

@@ -16,8 +16,9 @@ has ``error.json`` (even when a partial ``metrics.json`` exists: metrics are flu
 stage, so a crash in a later stage leaves both), ``finished`` when it has ``metrics.json`` only,
 and ``unfinished`` otherwise. Only finished jobs are aggregated.
 
-No scipy at runtime: the Student-t quantile is computed here (bisection on the t tail, which is a
-regularized incomplete beta evaluated by Lentz's continued fraction).
+The general statistics of seed sweeps live here too (t-intervals, paired differences with a
+paired-t p-value, Holm's correction, the smallest detectable paired effect), on ``scipy.stats``;
+the study reports under ``experiments/`` import them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,91 +57,22 @@ class AggregateError(ValueError):
     """The sweep dir cannot be aggregated (missing, empty, nothing finished, unknown reference)."""
 
 
-# ----------------------------------------------------------------------------- Student t
-
-
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of I_x(a, b) (modified Lentz); converges fast for x < (a+1)/(a+b+2)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    d = tiny if abs(d) < tiny else d
-    d = 1.0 / d
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1.0 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1.0 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-16:
-            return h
-    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b}, x={x})")
-
-
-def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b) for a, b > 0 and 0 <= x <= 1; the Student-t tail is a special case of it."""
-    if a <= 0 or b <= 0:
-        raise ValueError(f"incomplete beta needs a > 0 and b > 0, got a={a}, b={b}")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"incomplete beta needs 0 <= x <= 1, got x={x}")
-    if x == 0.0 or x == 1.0:
-        return x
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    # Use the symmetry I_x(a,b) = 1 - I_{1-x}(b,a) on the side where the fraction converges.
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
-
-
-def student_t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with `df` degrees of freedom (accurate in the far upper tail)."""
-    if df <= 0:
-        raise ValueError(f"Student t needs df > 0, got df={df}")
-    half_tail = 0.5 * regularized_incomplete_beta(0.5 * df, 0.5, df / (df + t * t))
-    return half_tail if t >= 0 else 1.0 - half_tail
+# ----------------------------------------------------------------------------- statistics (general)
 
 
 def student_t_ppf(p: float, df: float) -> float:
-    """Quantile of Student's t: the t with P(T <= t) = p (matches scipy.stats.t.ppf to ~1e-12).
+    """Quantile of Student's t: the t with P(T <= t) = p (``scipy.stats.t.ppf``).
 
-    Solved by bisection on the upper tail probability, which is monotone in t, so it cannot
-    diverge the way Newton can for df = 1 (Cauchy) far in the tail.
+    The arguments are checked first: scipy answers NaN or +-inf for p or df out of range, which
+    would pass silently into a table.
     """
+    from scipy import stats  # imported here so that `--help` stays fast
+
     if not 0.0 < p < 1.0:
         raise ValueError(f"quantile level p must be in (0, 1), got p={p}")
     if df <= 0:
         raise ValueError(f"Student t needs df > 0 (df = n - 1 for n >= 2 values), got df={df}")
-    if p == 0.5:
-        return 0.0
-    tail = 1.0 - p if p > 0.5 else p  # P(T > t) for the positive quantile |t|
-    lo, hi = 0.0, 1.0
-    while student_t_sf(hi, df) > tail:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e300:
-            raise ArithmeticError(f"t quantile overflow (p={p}, df={df})")
-    for _ in range(400):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if student_t_sf(mid, df) > tail:
-            lo = mid
-        else:
-            hi = mid
-    t = 0.5 * (lo + hi)
-    return t if p > 0.5 else -t
+    return float(stats.t.ppf(p, df))
 
 
 def t_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float]:
@@ -158,6 +90,64 @@ def t_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float,
         return mean, math.nan
     sd = float(x.std(ddof=1))
     return mean, student_t_ppf(0.5 * (1.0 + level), n - 1) * sd / math.sqrt(n)
+
+
+def seed_sort_key(seed: str | None) -> tuple[int, float, str]:
+    """Seeds sort numerically when they are numbers, else as strings; a missing seed goes last."""
+    if seed is None:
+        return (2, 0.0, "")
+    try:
+        return (0, float(seed), seed)
+    except ValueError:
+        return (1, 0.0, seed)
+
+
+def paired_differences(
+    a: Mapping[str, float], b: Mapping[str, float], level: float = CI_LEVEL
+) -> dict[str, Any]:
+    """a - b over the seeds present in both: n, seeds, mean, t-interval (ci95 half-width, lo, hi),
+    the two-sided paired-t p-value and the sd of the differences.
+
+    Pairing by seed removes the seed-to-seed variance both runs share, which is usually most of it.
+    Seeds whose value is not finite on either side are listed in ``seeds`` but not counted in n.
+    """
+    seeds = sorted(set(a) & set(b), key=seed_sort_key)
+    d = np.array([a[s] - b[s] for s in seeds if math.isfinite(a[s]) and math.isfinite(b[s])])  # (n,)
+    n = len(d)
+    mean, half = t_interval(d, level)
+    out = {"n": n, "seeds": seeds, "mean": mean, "ci95": half, "lo": mean - half, "hi": mean + half}
+    if n < 2:
+        return {**out, "p": math.nan, "sd": math.nan}
+    from scipy import stats
+
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        p = 0.0 if mean != 0 else 1.0
+    else:
+        p = min(1.0, 2.0 * float(stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)))
+    return {**out, "p": p, "sd": sd}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values (NaN stays NaN; monotone; capped at 1)."""
+    idx = [i for i, p in enumerate(pvalues) if math.isfinite(p)]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    m = len(order)
+    adj = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adj[i] = running
+    return adj
+
+
+def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest paired mean difference a two-sided paired t-test with n pairs detects with the given
+    power, for the observed sd of the differences (noncentral t approximated by a shifted central t)."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    df = n - 1
+    return (student_t_ppf(1 - alpha / 2, df) + student_t_ppf(power, df)) * sd / math.sqrt(n)
 
 
 # ----------------------------------------------------------------------------- job discovery
@@ -333,17 +323,7 @@ def read_job(job_dir: Path, seed_key: str) -> dict[str, Any]:
     return job
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def _seed_sort_key(seed: str | None) -> tuple[int, float, str]:
-    """Seeds sort numerically when they are numbers, else as strings; a missing seed goes last."""
-    if seed is None:
-        return (2, 0.0, "")
-    try:
-        return (0, float(seed), seed)
-    except ValueError:
-        return (1, 0.0, seed)
+# ----------------------------------------------------------------------------- per-configuration statistics
 
 
 def _values_by_seed(jobs: Sequence[dict[str, Any]], metric: str) -> dict[str, float]:
@@ -371,7 +351,7 @@ def config_stats(jobs: Sequence[dict[str, Any]], metric: str, extra: Sequence[st
     mean, half = t_interval(values)
     stats: dict[str, Any] = {
         "n": len(values),
-        "seeds": sorted((j["seed"] for j in with_value if j["seed"] is not None), key=_seed_sort_key),
+        "seeds": sorted((j["seed"] for j in with_value if j["seed"] is not None), key=seed_sort_key),
         "values": values,
         "mean": mean,
         "ci95": half,
@@ -395,22 +375,17 @@ def config_stats(jobs: Sequence[dict[str, Any]], metric: str, extra: Sequence[st
 def paired_stats(
     cfg_jobs: Sequence[dict[str, Any]], ref_jobs: Sequence[dict[str, Any]], metric: str
 ) -> dict[str, Any]:
-    """Mean and t-interval of (config - reference) over the seeds both have a finished value for.
-
-    Pairing by seed removes the seed-to-seed variance both runs share, which is usually most of it.
-    """
+    """Mean and t-interval of (config - reference) over the seeds both have a finished value for."""
     cfg_v, ref_v = _values_by_seed(cfg_jobs, metric), _values_by_seed(ref_jobs, metric)
-    shared = sorted(set(cfg_v) & set(ref_v), key=_seed_sort_key)
-    diffs = [cfg_v[s] - ref_v[s] for s in shared]
-    mean, half = t_interval(diffs)
+    d = paired_differences(cfg_v, ref_v)
     return {
-        "n_pairs": len(shared),
-        "seeds": shared,
-        "diffs": diffs,
-        "mean_diff": mean,
-        "ci95": half,
-        "lo": mean - half,
-        "hi": mean + half,
+        "n_pairs": d["n"],
+        "seeds": d["seeds"],
+        "diffs": [cfg_v[s] - ref_v[s] for s in d["seeds"]],
+        "mean_diff": d["mean"],
+        "ci95": d["ci95"],
+        "lo": d["lo"],
+        "hi": d["hi"],
     }
 
 

@@ -1,6 +1,6 @@
 """Gradient variance of the policy-gradient estimators at a fixed policy.
 
-`python -m densepath.eval.gradvar <run dir with sft/> [--batches 12 --prompts 16 --k 8]`
+`python -m experiments.main.gradvar <run dir with sft/> [--batches 12 --prompts 16 --k 8]`
 
 Why: whether DPR can beat a baseline at a given budget depends on how noisy its gradient is. At
 the SFT policy, draw `batches` independent minibatches (16 prompts x k samples from the `rl`
@@ -41,7 +41,7 @@ def flat_grad(model) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m densepath.eval.gradvar", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.main.gradvar", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path, help="a run dir holding sft/ (policy and snapshots)")
     p.add_argument("--batches", type=int, default=12)
     p.add_argument("--prompts", type=int, default=16)
@@ -60,9 +60,9 @@ def main(argv=None) -> int:
     from densepath.data.formatting import encode_prompt
     from densepath.models import attention
     from densepath.models.io import load_policy
+    from densepath.models.logprobs import response_logprobs
     from densepath.rewards.baselines import SnapshotBaseline
     from densepath.rewards.dense import DenseReward, RewardSpec
-    from densepath.rewards.logprobs import response_logprobs
     from densepath.sampling.hf import HFSampler
     from densepath.stages.rl import Verifier
 

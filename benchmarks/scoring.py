@@ -1,20 +1,20 @@
 """Scoring-memory benchmark: the project log-prob kernel against a naive full ``log_softmax``.
 
-Run: ``python -m densepath.bench scoring [--vocab 49152 --batch 8 --seq 512 --hidden 576 --layers 2
+Run: ``python -m benchmarks scoring [--vocab 49152 --batch 8 --seq 512 --hidden 576 --layers 2
 --reps 3 --dtype float32 --chunk-size 0 (auto)] [--check]``.
 
 What is compared, on a frozen (``torch.no_grad()``) random-weight ``LlamaForCausalLM`` shaped like
 SmolLM2 (vocab 49,152, hidden 576, head_dim 64, 3:1 grouped KV heads, MLP 8/3 * hidden, tied
 embeddings) but with few layers:
 
-- ``kernel``: :func:`densepath.rewards.logprobs.response_logprobs`, which runs the backbone once
+- ``kernel``: :func:`densepath.models.logprobs.response_logprobs`, which runs the backbone once
   and applies the LM head to the response-predicting hidden states only, ``chunk_size`` rows at a
   time, reducing each chunk to ``(logp, logsumexp)`` at once;
 - ``naive``: ``model(...).logits`` over every position, ``log_softmax(-1)``, then a gather at the
   response positions. This holds a (B, L, V) logits tensor and a (B, L, V) copy at the same time.
 
 Why subprocesses: peak RSS is a per-process high-water mark, so each variant runs in its own
-``python -m densepath.bench.scoring --variant NAME`` process and reports one JSON line; the parent
+``python -m benchmarks.scoring --variant NAME`` process and reports one JSON line; the parent
 compares the saved (B, T) log-probs and prints the table. Memory is "extra peak RSS during
 scoring minus RSS before scoring", with the model and inputs already resident, measured three ways
 and the largest taken: a 1 ms VmRSS sampling thread, VmHWM after resetting it through
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import json
 import logging
 import math
@@ -164,7 +165,7 @@ def primer_batch(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
 
 def score_kernel(model: nn.Module, batch: Sequence[torch.Tensor], chunk_size: int) -> torch.Tensor:
     """(B, T) log-probs from the project kernel (head on response rows only, chunked)."""
-    from densepath.rewards.logprobs import response_logprobs
+    from densepath.models.logprobs import response_logprobs
 
     return response_logprobs(model, *batch, chunk_size=chunk_size or None).logp  # (B, T)
 
@@ -174,7 +175,7 @@ def score_naive(model: nn.Module, batch: Sequence[torch.Tensor], chunk_size: int
 
     ``chunk_size`` is ignored (same signature as :func:`score_kernel`).
     """
-    from densepath.rewards.logprobs import build_inputs
+    from densepath.models.logprobs import build_inputs
 
     prompt_ids, _, response_ids, response_mask = batch
     P, T = prompt_ids.shape[1], response_ids.shape[1]
@@ -337,18 +338,22 @@ def config_to_argv(cfg: BenchConfig) -> list[str]:
 
 
 def _child_env() -> dict[str, str]:
-    """The parent's environment with this package's ``src`` dir first on PYTHONPATH and a fixed
-    glibc mmap threshold.
+    """The parent's environment with the repo root (for ``benchmarks``) and the dir holding the
+    parent's ``densepath`` first on PYTHONPATH, and a fixed glibc mmap threshold.
 
-    Why: the child must import the same ``densepath`` as the parent even when it is not installed.
+    Why: the child must import the same ``benchmarks`` and ``densepath`` as the parent even when
+    it runs from another directory or densepath is not installed.
     glibc's dynamic mmap threshold otherwise lets freed tens-of-MiB buffers stay in the heap, so RSS
     depends on allocation history (+-100 MiB between runs); a fixed threshold of ``MALLOC_MMAP_
     THRESHOLD_`` bytes returns every larger buffer to the OS on free, and RSS tracks live memory.
     """
-    src = str(Path(__file__).resolve().parents[2])
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.find_spec("densepath")
+    src = Path(spec.origin).resolve().parents[1] if spec and spec.origin else root / "src"
+    paths = list(dict.fromkeys([str(root), str(src)]))
     env = dict(os.environ)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MALLOC_MMAP_THRESHOLD))
-    env["PYTHONPATH"] = os.pathsep.join([src] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
 
 
@@ -363,7 +368,7 @@ def parse_result_line(stdout: str) -> dict:
 
 def run_child(cfg: BenchConfig, variant: str, out_dir: Path) -> dict:
     """Run one variant in a fresh interpreter and return its result row."""
-    cmd = [sys.executable, "-m", "densepath.bench.scoring", "--variant", variant]
+    cmd = [sys.executable, "-m", "benchmarks.scoring", "--variant", variant]
     cmd += ["--out", str(out_dir / f"logp_{variant}.pt"), *config_to_argv(cfg)]
     logger.info("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
@@ -419,7 +424,7 @@ def describe_config(cfg: BenchConfig, row: dict) -> str:
     heads, kv = attention_heads(cfg.hidden)
     itemsize = torch.empty((), dtype=_DTYPES[cfg.dtype]).element_size()
     full_mib = cfg.batch * cfg.seq * cfg.vocab * itemsize / _MIB
-    from densepath.rewards.logprobs import CHUNK_ELEMENTS
+    from densepath.models.logprobs import CHUNK_ELEMENTS
 
     chunk = cfg.chunk_size or max(1, CHUNK_ELEMENTS // cfg.vocab)
     chunk_rows = min(chunk, cfg.batch * cfg.response_len)
@@ -461,7 +466,7 @@ def run_benchmark(cfg: BenchConfig, check: bool = False, out_dir: Path | None = 
     report = [describe_config(cfg, rows[0]), "", format_table(rows, diffs), ""]
     report.append(f"kernel/naive: extra memory {mem_ratio:.3f}, time {time_ratio:.3f}")
     report += [f"target {desc}: {'MET' if met else 'MISSED'}" for desc, met in targets]
-    # The report is the product of this command (to paste into experiments/benchmarks/README.md),
+    # The report is the product of this command (to paste into benchmarks/README.md),
     # so it goes to stdout as plain text; diagnostics go through logging (stderr).
     sys.stdout.write("\n".join(report) + "\n")
     sys.stdout.flush()
@@ -472,7 +477,7 @@ def run_benchmark(cfg: BenchConfig, check: bool = False, out_dir: Path | None = 
 def build_parser() -> argparse.ArgumentParser:
     """CLI flags: one per :class:`BenchConfig` field, plus the child/parent switches."""
     p = argparse.ArgumentParser(
-        prog="python -m densepath.bench scoring",
+        prog="python -m benchmarks scoring",
         description="Peak extra memory and time of the log-prob kernel vs a naive full log_softmax.",
     )
     defaults = BenchConfig()

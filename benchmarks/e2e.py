@@ -1,7 +1,7 @@
 """End to end: wall time per stage of a finished ``densepath`` run (the default ``make demo``).
 
 Run: ``densepath hydra.run.dir=outputs/bench_e2e`` (about 5 minutes), then
-``python -m densepath.bench e2e outputs/bench_e2e [--check]``.
+``python -m benchmarks e2e outputs/bench_e2e [--check]``.
 
 Reads ``<run>/metrics.json``: each stage records ``<stage>/time_s`` (the whole stage, evaluation
 included) and ``<stage>/train/time_s`` (its ``trainer.fit`` only). Prints a table in pipeline order
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from densepath.bench.common import md_table, target_line
+from benchmarks.common import md_table, target_line
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def load_metrics(run_dir: Path) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the per-stage table; with ``--check`` return 1 when the total exceeds 6 minutes."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(prog="python -m densepath.bench e2e", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks e2e", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument(
         "--overhead-s", type=float, default=0.0, help="start-up time outside the stages, if measured"

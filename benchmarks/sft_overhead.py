@@ -1,6 +1,6 @@
 """SFT throughput: the Lightning SFT stage vs a plain PyTorch loop on the same model and batches.
 
-Run: ``python -m densepath.bench sft_overhead [--model 1m|5m --batch-size 64 --steps 12 --rounds 3
+Run: ``python -m benchmarks sft_overhead [--model 1m|5m --batch-size 64 --steps 12 --rounds 3
 --precision bf16|fp32] [--check]``.
 
 Both variants train a fresh copy of the same random-weight model on the same batches in the same
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from densepath.bench.common import (
+from benchmarks.common import (
     MODEL_PRESETS,
     add_config_flags,
     build_llama,
@@ -216,9 +216,7 @@ def summarize(cfg: SFTBenchConfig, res: dict) -> tuple[str, float]:
 
 def parse_args(argv: Sequence[str]) -> tuple[SFTBenchConfig, bool]:
     """CLI flags for every :class:`SFTBenchConfig` field, plus ``--check``."""
-    p = argparse.ArgumentParser(
-        prog="python -m densepath.bench sft_overhead", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m benchmarks sft_overhead", description=__doc__.split("\n")[0])
     add_config_flags(p, SFTBenchConfig)
     p.add_argument("--check", action="store_true", help=f"exit 1 if the overhead > {MAX_OVERHEAD}")
     ns = vars(p.parse_args(list(argv)))

@@ -1,11 +1,11 @@
 """The limit: measured matmul FLOP/s of this machine vs the model FLOP/s each stage achieves.
 
-Run: ``python -m densepath.bench flops [--model 1m|5m|20m --precision bf16|fp32 --sft-steps 8
+Run: ``python -m benchmarks flops [--model 1m|5m|20m --precision bf16|fp32 --sft-steps 8
 --rl-steps 3 --prompts 16 --k 8 --max-new-tokens 32 --matmul-n 1024]``.
 
 In one process: the fp32 and bf16 ``n x n`` matmul FLOP/s (median of 5 after a warm-up, measured
 before and after the stage runs and the larger kept), then a short Lightning SFT run
-(:mod:`densepath.bench.sft_overhead`) and a short DPR run (:mod:`densepath.bench.dpr_vs_trl`,
+(:mod:`benchmarks.sft_overhead`) and a short DPR run (:mod:`benchmarks.dpr_vs_trl`,
 densepath side only, EOS suppressed) on the same model. Model FLOPs use the usual estimates with
 N = parameters without the input embedding (a lookup):
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from densepath.bench.common import (
+from benchmarks.common import (
     add_config_flags,
     build_llama,
     check_model_and_precision,
@@ -80,8 +80,8 @@ def measure_peaks(n: int) -> dict[str, float]:
 
 def run(cfg: FlopsConfig) -> dict:
     """Peaks, then the SFT and DPR stages; returns per-stage (seconds, model FLOPs) and peaks."""
-    from densepath.bench import dpr_vs_trl as rl
-    from densepath.bench import sft_overhead as sft
+    from benchmarks import dpr_vs_trl as rl
+    from benchmarks import sft_overhead as sft
 
     cfg.validate()
     torch.set_num_threads(cfg.threads)
@@ -136,9 +136,9 @@ def run(cfg: FlopsConfig) -> dict:
 
 def run_dpr_only(rcfg) -> tuple[list[dict], int]:
     """DPR steps (first dropped) and the prompt tokens per step (sum over the step's prompts)."""
+    from benchmarks import dpr_vs_trl as rl
+    from benchmarks.common import chat_messages, toy_tokenizer_and_rows
     from densepath.algos.rl import RLModule
-    from densepath.bench import dpr_vs_trl as rl
-    from densepath.bench.common import chat_messages, toy_tokenizer_and_rows
     from densepath.data.formatting import encode_prompt
 
     n_prompts = max(rcfg.prompts * rcfg.steps, 64)
@@ -196,7 +196,7 @@ def summarize(cfg: FlopsConfig, res: dict) -> str:
 
 def parse_args(argv: Sequence[str]) -> FlopsConfig:
     """CLI flags for every :class:`FlopsConfig` field."""
-    p = argparse.ArgumentParser(prog="python -m densepath.bench flops", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks flops", description=__doc__.split("\n")[0])
     add_config_flags(p, FlopsConfig)
     return FlopsConfig(**vars(p.parse_args(list(argv))))
 

@@ -1,6 +1,6 @@
 """Generation: sampled tokens/s, k samples per prompt, HFSampler vs a plain ``model.generate`` call.
 
-Run: ``python -m densepath.bench generation [--model 5m --prompts 16 --k 8 --max-new-tokens 32
+Run: ``python -m benchmarks generation [--model 5m --prompts 16 --k 8 --max-new-tokens 32
 --precision bf16|fp32 --reps 5]``.
 
 Both variants sample ``prompts * k`` rows of exactly ``max_new_tokens`` tokens (EOS suppressed with
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from densepath.bench.common import (
+from benchmarks.common import (
     add_config_flags,
     build_llama,
     chat_messages,
@@ -148,9 +148,7 @@ def summarize(cfg: GenBenchConfig, res: dict) -> tuple[str, float]:
 
 def parse_args(argv: Sequence[str]) -> GenBenchConfig:
     """CLI flags for every :class:`GenBenchConfig` field."""
-    p = argparse.ArgumentParser(
-        prog="python -m densepath.bench generation", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m benchmarks generation", description=__doc__.split("\n")[0])
     add_config_flags(p, GenBenchConfig)
     return GenBenchConfig(**vars(p.parse_args(list(argv))))
 

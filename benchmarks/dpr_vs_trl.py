@@ -1,6 +1,6 @@
 """DPR step vs TRL ``RLOOTrainer`` step at matched settings, interleaved in one process.
 
-Run: ``python -m densepath.bench dpr_vs_trl [--model 5m|20m --prompts 16 --k 8 --max-new-tokens 32
+Run: ``python -m benchmarks dpr_vs_trl [--model 5m|20m --prompts 16 --k 8 --max-new-tokens 32
 --precision bf16|fp32 --rounds 3 --steps 3] [--check]``. Needs the ``bench`` extra (``trl``).
 
 What each side does per optimiser step (same prompts per step, k, ``max_new_tokens``, dtype,
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from densepath.bench.common import (
+from benchmarks.common import (
     MODEL_PRESETS,
     add_config_flags,
     build_llama,
@@ -512,9 +512,7 @@ def profile_tables(cfg: RLBenchConfig, top: int = 15) -> str:
 
 def parse_args(argv: Sequence[str]) -> tuple[RLBenchConfig, bool]:
     """CLI flags for every :class:`RLBenchConfig` field, plus ``--check``."""
-    p = argparse.ArgumentParser(
-        prog="python -m densepath.bench dpr_vs_trl", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m benchmarks dpr_vs_trl", description=__doc__.split("\n")[0])
     add_config_flags(p, RLBenchConfig)
     p.add_argument(
         "--check", action="store_true", help=f"exit 1 if the densepath/trl step ratio > {MAX_STEP_RATIO}"

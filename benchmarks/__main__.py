@@ -1,4 +1,4 @@
-"""Dispatcher: ``python -m densepath.bench <benchmark> [options]``.
+"""Dispatcher: ``python -m benchmarks <benchmark> [options]``.
 
 Why a registry of lazy imports: each benchmark pulls in torch/transformers only when it is run,
 and a new benchmark is one more entry here.
@@ -15,12 +15,12 @@ logger = logging.getLogger(__name__)
 
 # benchmark name -> module exposing ``main(argv) -> int``
 BENCHMARKS: dict[str, str] = {
-    "scoring": "densepath.bench.scoring",
-    "dpr_vs_trl": "densepath.bench.dpr_vs_trl",
-    "sft_overhead": "densepath.bench.sft_overhead",
-    "flops": "densepath.bench.flops",
-    "generation": "densepath.bench.generation",
-    "e2e": "densepath.bench.e2e",
+    "scoring": "benchmarks.scoring",
+    "dpr_vs_trl": "benchmarks.dpr_vs_trl",
+    "sft_overhead": "benchmarks.sft_overhead",
+    "flops": "benchmarks.flops",
+    "generation": "benchmarks.generation",
+    "e2e": "benchmarks.e2e",
 }
 
 
@@ -29,15 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         sys.stdout.write(
-            "usage: python -m densepath.bench {" + ",".join(BENCHMARKS) + "} [options]\n"
-            "       python -m densepath.bench <benchmark> --help   for its options\n"
+            "usage: python -m benchmarks {" + ",".join(BENCHMARKS) + "} [options]\n"
+            "       python -m benchmarks <benchmark> --help   for its options\n"
         )
         return 0 if args else 2
     name = args[0]
     if name not in BENCHMARKS:
         logging.basicConfig(level=logging.INFO)
         logger.error(
-            "unknown benchmark %r; choose one of %s, e.g. `python -m densepath.bench scoring`.",
+            "unknown benchmark %r; choose one of %s, e.g. `python -m benchmarks scoring`.",
             name,
             sorted(BENCHMARKS),
         )
