@@ -25,16 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from densepath.sweeps.aggregate import (
-    STATUS_FINISHED,
-    find_job_dirs,
-    holm,
-    min_detectable_effect,
-    paired_differences,
-    read_job,
-    seed_sort_key,
-    t_interval,
-)
+from densepath.sweeps.jobs import STATUS_FINISHED, find_job_dirs, read_job
+from densepath.sweeps.stats import holm, min_detectable_effect, paired_differences, seed_sort_key, t_interval
 
 # --------------------------------------------------------------------------- statistics and formatting
 

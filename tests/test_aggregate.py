@@ -11,17 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from densepath.sweeps.aggregate import (
-    AggregateError,
-    aggregate,
-    holm,
-    main,
-    min_detectable_effect,
-    paired_differences,
-    parse_config_string,
-    split_overrides,
-    student_t_ppf,
-)
+from densepath.sweeps.aggregate import AggregateError, aggregate, main
+from densepath.sweeps.jobs import parse_config_string, split_overrides
+from densepath.sweeps.stats import holm, min_detectable_effect, paired_differences, student_t_ppf
 
 METRIC = "eval/success"
 # configuration overrides -> {seed: value}; seed order in the dirs is shuffled on purpose.
@@ -108,8 +100,15 @@ def test_min_detectable_effect_has_about_80_percent_power():
 
 
 def test_configuration_key_drops_seed_and_bookkeeping():
-    ovs = ["seed=4", "reward=logprob", "hydra.run.dir=x", "parent_run=/a/b", "resume=true", "algo.lr=1e-5"]
-    assert split_overrides(ovs, "seed") == ("algo.lr=1e-5,reward=logprob", "4")
+    ovs = [
+        "seed=4",
+        "reward=logprob",
+        "hydra.run.dir=x",
+        "parent_run=/a/b",
+        "resume=true",
+        "dpr.module.lr=1e-5",
+    ]
+    assert split_overrides(ovs, "seed") == ("dpr.module.lr=1e-5,reward=logprob", "4")
     assert split_overrides(["seed=1"], "seed") == ("(default)", "1")
     assert parse_config_string("reward=log_ratio, baseline=sft_half") == "baseline=sft_half,reward=log_ratio"
     assert parse_config_string("a=[1,2],b=x") == "a=[1,2],b=x"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from densepath.sweeps.aggregate import t_interval
+from densepath.sweeps.stats import t_interval
 from experiments.ablations.report import report_ablations
 from experiments.hacking.report import read_curves
 from experiments.main.report import report_main

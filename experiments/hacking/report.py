@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densepath.sweeps.aggregate import student_t_ppf
+from densepath.sweeps.stats import student_t_ppf
 from experiments.report_common import (
     by_seed,
     failures_md,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densepath.sweeps.aggregate import paired_differences, seed_sort_key
+from densepath.sweeps.stats import paired_differences, seed_sort_key
 from experiments.report_common import (
     POLICIES,
     bar_ci,

@@ -8,34 +8,33 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class NoTracking:
+    """`logger=none`: no Lightning logger; every tracking call is a no-op."""
+
     def logger(self, stage_dir: Path, stage: str, run_name: str, config: dict):
         return False
 
-    def log_metrics(self, metrics: dict) -> None:
-        return None
+    def log_metrics(self, metrics: dict) -> None: ...
 
-    def log_artifact(self, name: str, kind: str, path: Path, metadata: dict | None = None) -> None:
-        return None
+    def log_artifact(self, name: str, kind: str, path: Path, metadata: dict | None = None) -> None: ...
 
-    def use_artifact(self, name: str) -> None:
-        return None
+    def use_artifact(self, name: str) -> None: ...
 
-    def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
-        return None
+    def log_table(self, name: str, columns: list[str], rows: list[list]) -> None: ...
 
-    def log_html(self, name: str, path: Path) -> None:
-        return None
+    def log_html(self, name: str, path: Path) -> None: ...
 
-    def finish(self, summary: dict | None = None) -> None:
-        return None
+    def finish(self, summary: dict | None = None) -> None: ...
 
 
 @dataclass
@@ -64,14 +63,10 @@ class WandbTracking(NoTracking):
     _warned = False
 
     def __getstate__(self):  # a live wandb run cannot cross a ddp_spawn boundary
-        state = dict(self.__dict__)
-        state["_run"] = None
-        return state
+        return {**self.__dict__, "_run": None}
 
     def _mode(self) -> str:
-        if self.mode:
-            return self.mode
-        return os.environ.get("WANDB_MODE", "offline")
+        return self.mode or os.environ.get("WANDB_MODE", "offline")
 
     def logger(self, stage_dir: Path, stage: str, run_name: str, config: dict):
         try:
@@ -97,66 +92,57 @@ class WandbTracking(NoTracking):
                 self._warned = True
             return CSVTracking().logger(stage_dir, stage, run_name, config)
 
+    def _guarded(self, failure: str, action: Callable[[Any], object]) -> None:
+        """`action(wandb)` on the live run; a failure is logged as "<failure>: <error>", never raised."""
+        if self._run is None:
+            return
+        try:
+            import wandb
+
+            action(wandb)
+        except Exception as e:  # noqa: BLE001 - tracking must never kill training
+            log.warning("%s: %s", failure, _redact(str(e)))
+
     def log_metrics(self, metrics: dict) -> None:
-        if self._run is not None:
-            try:
-                self._run.log(metrics)
-            except Exception as e:  # noqa: BLE001
-                log.warning("wandb log failed: %s", _redact(str(e)))
+        self._guarded("wandb log failed", lambda wandb: self._run.log(metrics))
 
     def log_artifact(self, name: str, kind: str, path: Path, metadata: dict | None = None) -> None:
         """Log a checkpoint dir / reward artefact; lineage in wandb's graph (SFT -> reward -> DPR)."""
-        if self._run is None or not self.log_checkpoints:
-            return
-        try:
-            import wandb
 
+        def log_it(wandb):
             art = wandb.Artifact(_artifact_name(name), type=kind, metadata=metadata or {})
-            p = Path(path)
-            art.add_dir(str(p)) if p.is_dir() else art.add_file(str(p))
+            art.add_dir(str(path)) if Path(path).is_dir() else art.add_file(str(path))
             self._run.log_artifact(art)
-        except Exception as e:  # noqa: BLE001
-            log.warning("wandb artifact %s not logged: %s", name, _redact(str(e)))
+
+        if self.log_checkpoints:
+            self._guarded(f"wandb artifact {name} not logged", log_it)
 
     def use_artifact(self, name: str) -> None:
         """Declare the parent's artefact as an input. wandb refuses this offline: skipped there."""
-        if self._run is None or self._mode() != "online":
-            return
-        try:
-            self._run.use_artifact(f"{_artifact_name(name)}:latest")
-        except Exception as e:  # noqa: BLE001
-            log.warning("wandb use_artifact(%s) failed: %s", name, _redact(str(e)))
+        if self._mode() == "online":
+            use = f"{_artifact_name(name)}:latest"
+            self._guarded(f"wandb use_artifact({name}) failed", lambda wandb: self._run.use_artifact(use))
 
     def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
-        if self._run is None:
-            return
-        try:
-            import wandb
-
-            self._run.log({name: wandb.Table(columns=columns, data=rows)})
-        except Exception as e:  # noqa: BLE001
-            log.warning("wandb table logging failed: %s", e)
+        self._guarded(
+            "wandb table logging failed",
+            lambda wandb: self._run.log({name: wandb.Table(columns=columns, data=rows)}),
+        )
 
     def log_html(self, name: str, path: Path) -> None:
-        if self._run is None:
-            return
-        try:
-            import wandb
-
-            self._run.log({name: wandb.Html(Path(path).read_text())})
-        except Exception as e:  # noqa: BLE001
-            log.warning("wandb html logging failed: %s", e)
+        self._guarded(
+            "wandb html logging failed",
+            lambda wandb: self._run.log({name: wandb.Html(Path(path).read_text())}),
+        )
 
     def finish(self, summary: dict | None = None) -> None:
-        if self._run is None:
-            return
-        try:
-            if summary:
-                for k, v in summary.items():
-                    self._run.summary[k] = v
+        def finish_it(wandb):
+            for k, v in (summary or {}).items():
+                self._run.summary[k] = v
             self._run.finish()
-        except Exception as e:  # noqa: BLE001
-            log.warning("wandb finish failed: %s", e)
+
+        try:
+            self._guarded("wandb finish failed", finish_it)
         finally:
             self._run = None
 
@@ -171,29 +157,20 @@ def _sweep_id() -> str | None:
         if hc.mode == RunMode.MULTIRUN:
             return Path(hc.sweep.dir).name if Path(hc.sweep.dir).name not in ("", ".") else str(hc.sweep.dir)
     except Exception:  # noqa: BLE001 - outside a Hydra app
-        return None
+        pass
     return None
 
 
 def _config_tags(config: dict) -> list[str]:
-    tags = []
-    for key in ("algo.name", "reward.name", "data.name"):
-        if config.get(key):
-            tags.append(str(config[key]))
-    target = str(config.get("data._target_", ""))
-    if target:
-        tags.append(target.rsplit(".", 1)[-1])
-    return tags
+    """The reward formulation and the task, by class name (e.g. LogRatio, ToyTask)."""
+    targets = (str(config.get(f"{k}._target_", "")) for k in ("reward", "data"))
+    return [t.rsplit(".", 1)[-1] for t in targets if t]
 
 
 def _artifact_name(name: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:120]
 
 
 def _redact(text: str) -> str:
     """Never echo a wandb key (40 hex chars) into logs."""
-    import re
-
     return re.sub(r"[0-9a-f]{40}", "<redacted>", text)

@@ -1,42 +1,20 @@
 """Policy-gradient maths of Dense-Path REINFORCE (method.md section 4).
 
-Everything here is a pure, vectorised function of ``(B, T)`` tensors plus a
-``mask (B, T)`` (1 = a real generated token, EOS included; 0 = padding or a
-position after EOS). Rows are laid out prompt-major: row ``i`` is prompt
-``i // k``, sample ``i % k`` (``B = n_prompts * k``).
-
-Conventions shared by every function:
-
-- outputs are exactly 0 on masked positions, and masked inputs never leak
-  into the result (they are replaced by 0 with ``torch.where`` before any
-  arithmetic, so even ``inf``/``nan`` at padding is harmless and receives an
-  exactly-zero gradient);
-- no host synchronisation (no ``.item()``, no data-dependent Python
-  branches), so these functions are safe inside a compiled / DDP step;
-- only shape checks raise; they name the bad argument and the fix.
+Pure, vectorised functions of ``(B, T)`` tensors plus a ``mask (B, T)`` (1 = a real generated token, EOS
+included). Rows are prompt-major: row ``i`` is prompt ``i // k``, sample ``i % k``. Outputs are exactly 0 on
+masked positions and masked inputs never leak (they are replaced by 0 with ``torch.where`` first, so even
+``inf``/``nan`` at padding gets an exactly-zero gradient); no host synchronisation, so the functions are
+safe in a compiled / DDP step; only shape and argument checks raise.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 
 import torch
 
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "ADVANTAGE_KINDS",
-    "NORMS",
-    "reward_to_go",
-    "advantages",
-    "whiten",
-    "kl_k1",
-    "kl_k3",
-    "policy_gradient_loss",
-    "k1_in_reward",
-]
+from densepath.algos.pg_checks import check_loo, check_loss_args, check_same_shape
 
 ADVANTAGE_KINDS = ("none", "batch_mean", "loo", "whiten")
 NORMS = ("seq_mean", "token_mean")
@@ -44,34 +22,6 @@ NORMS = ("seq_mean", "token_mean")
 # Block length of the two-level discounted scan: a (C, C) matrix inside each
 # block, a (T/C, T/C) matrix across blocks. Memory stays O(B*T + C^2 + (T/C)^2).
 _DISCOUNT_BLOCK = 512
-
-
-# --------------------------------------------------------------------------- #
-# validation helpers
-# --------------------------------------------------------------------------- #
-def _check_2d(name: str, x: torch.Tensor) -> None:
-    """Fail early with a readable message: every input here is (B, T)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, T), got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(
-            f"{name} must have shape (B, T) (batch, generated tokens), got shape {tuple(x.shape)}; "
-            "flatten extra leading dims into B first"
-        )
-
-
-def _check_same_shape(ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
-    """All (B, T) inputs of one call must line up with the mask."""
-    _check_2d(ref_name, ref)
-    for name, x in others.items():
-        if x is None:
-            continue
-        _check_2d(name, x)
-        if x.shape != ref.shape:
-            raise ValueError(
-                f"{name} has shape {tuple(x.shape)} but {ref_name} has shape {tuple(ref.shape)}; "
-                f"pass {name} for exactly the same (B, T) tokens as {ref_name}"
-            )
 
 
 def _bool_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -84,15 +34,11 @@ def _masked(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-# --------------------------------------------------------------------------- #
-# returns
-# --------------------------------------------------------------------------- #
 def _discount_matrix(n: int, base: float, device: torch.device) -> torch.Tensor:
     """D[t, j] = base^(j - t) for j >= t else 0, in float64. # (n, n)
 
-    Built from exp((j - t) * log base) so no power is ever formed as a ratio
-    of two tiny numbers (that is what overflows/underflows in the naive
-    "cumsum of r_j * gamma^j / gamma^t" trick for long T).
+    Built from exp((j - t) * log base) so no power is ever formed as a ratio of two tiny numbers (that is
+    what overflows/underflows in the naive "cumsum of r_j * gamma^j / gamma^t" trick for long T).
     """
     idx = torch.arange(n, device=device, dtype=torch.float64)
     lag = idx[None, :] - idx[:, None]  # (n, n), j - t
@@ -105,9 +51,8 @@ def _discount_matrix(n: int, base: float, device: torch.device) -> torch.Tensor:
 def _discounted_reverse_cumsum(r: torch.Tensor, gamma: float) -> torch.Tensor:
     """G_t = sum_{j>=t} gamma^(j-t) r_j for float64 r of shape (B, T), no token loop.
 
-    Two-level scan: a triangular matmul inside blocks of C tokens, then the
-    same trick over the T/C block-start values with discount gamma^C. For
-    T <= C this is a single (T, T) matmul.
+    Two-level scan: a triangular matmul inside blocks of C tokens, then the same trick over the T/C
+    block-start values with discount gamma^C. For T <= C this is a single (T, T) matmul.
     """
     bsz, t_len = r.shape
     c = min(_DISCOUNT_BLOCK, t_len)
@@ -134,18 +79,16 @@ def _discounted_reverse_cumsum(r: torch.Tensor, gamma: float) -> torch.Tensor:
 def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
     """Per-token return G_t = sum_{j>=t} gamma^(j-t) r_j over real tokens. # (B, T)
 
-    Why: REINFORCE with causality only credits a token with the rewards that
-    come after it (earlier rewards are baseline noise). Masked rewards are
-    treated as 0, so the return of the last real token is just its reward and
-    G is 0 on padding. gamma = 1 (the default) is the only value the theory
-    covers; gamma < 1 is an ablation. The discount exponent is the position
-    gap j - t (masks are a contiguous prefix per row in DPR).
+    Why: REINFORCE with causality only credits a token with the rewards that come after it (earlier rewards
+    are baseline noise). Masked rewards are treated as 0, so the return of the last real token is just its
+    reward and G is 0 on padding. gamma = 1 (the default) is the only value the theory covers; gamma < 1 is
+    an ablation. The discount exponent is the position gap j - t (masks are a contiguous prefix per row in
+    DPR).
 
-    Computed in float64 and cast back to ``rewards.dtype``: a reversed cumsum
-    for gamma == 1, a blocked triangular matmul for gamma < 1 (stable for any
-    T; no gamma^-t factors).
+    Computed in float64 and cast back to ``rewards.dtype``: a reversed cumsum for gamma == 1, a blocked
+    triangular matmul for gamma < 1 (stable for any T; no gamma^-t factors).
     """
-    _check_same_shape("mask", mask, rewards=rewards)
+    check_same_shape("mask", mask, rewards=rewards)
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must lie in [0, 1], got {gamma}; use gamma=1.0 for the undiscounted return")
     m = _bool_mask(mask)
@@ -159,9 +102,6 @@ def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) 
     return _masked(g, m).to(rewards.dtype)
 
 
-# --------------------------------------------------------------------------- #
-# baselines
-# --------------------------------------------------------------------------- #
 def whiten(
     x: torch.Tensor,
     mask: torch.Tensor,
@@ -170,25 +110,21 @@ def whiten(
 ) -> torch.Tensor:
     """(x - mean) / std over real tokens only; 0 on padding. # (B, T)
 
-    Why: puts advantages on a fixed scale so the learning rate does not have
-    to track the reward scale. The statistics are the population mean / std
-    over every real token of the batch (not per row).
+    Why: puts advantages on a fixed scale so the learning rate does not have to track the reward scale. The
+    statistics are the population mean / std over every real token of the batch (not per row).
 
-    ``reduce_fn`` (default None) is the DDP hook: it is called once with a
-    float64 tensor ``[sum, sum_sq, count]`` (shape (3,)) and must return the
-    globally reduced tensor, or None after reducing in place (so
-    ``torch.distributed.all_reduce`` can be passed directly). Note: whitening
-    uses the sample's own value in its mean, so it is a (slightly) biased
-    baseline; the DPR default is ``advantages(kind="loo")``.
+    ``reduce_fn`` (default None) is the DDP hook: it is called once with a float64 tensor
+    ``[sum, sum_sq, count]`` (shape (3,)) and must return the globally reduced tensor, or None after
+    reducing in place (so ``torch.distributed.all_reduce`` can be passed directly). Note: whitening uses
+    the sample's own value in its mean, so it is a (slightly) biased baseline; the DPR default is
+    ``advantages(kind="loo")``.
     """
-    _check_same_shape("mask", mask, x=x)
+    check_same_shape("mask", mask, x=x)
     m = _bool_mask(mask)
     xd = _masked(x, m).to(torch.float64)  # (B, T)
     stats = torch.stack([xd.sum(), (xd * xd).sum(), m.sum().to(torch.float64)])  # (3,)
-    if reduce_fn is not None:
-        out = reduce_fn(stats)
-        if out is not None:
-            stats = out
+    if reduce_fn is not None and (out := reduce_fn(stats)) is not None:
+        stats = out
     if stats.shape != (3,):
         raise ValueError(
             f"reduce_fn must return a tensor of shape (3,) = [sum, sum_sq, count], got {tuple(stats.shape)}"
@@ -203,27 +139,24 @@ def whiten(
 def advantages(returns: torch.Tensor, mask: torch.Tensor, k: int, kind: str = "loo") -> torch.Tensor:
     """Subtract a baseline from the per-token returns. # (B, T); 0 on padding
 
-    Why: a baseline that does not depend on the sample's own action keeps
-    the policy gradient unbiased and cuts its variance.
+    Why: a baseline that does not depend on the sample's own action keeps the policy gradient unbiased and
+    cuts its variance.
 
-    Convention for all group/batch baselines: at each position t, a row whose
-    position t is padding counts as G = 0 (its episode is over and its
-    remaining return is 0). The baseline for row i at t therefore never looks
-    at row i's own tokens.
+    Convention for all group/batch baselines: at each position t, a row whose position t is padding counts
+    as G = 0 (its episode is over and its remaining return is 0). The baseline for row i at t therefore
+    never looks at row i's own tokens.
 
     kinds:
       - ``"none"``: A = G.
-      - ``"loo"`` (DPR default): per prompt group of k rows and per position
-        t, A_{i,t} = G_{i,t} - 1/(k-1) * sum_{j != i in group} G_{j,t}.
-        Unbiased; needs k >= 2 and B divisible by k (prompt-major rows).
-      - ``"batch_mean"``: A_{i,t} = G_{i,t} - 1/B * sum_{all rows j} G_{j,t}
-        (row i included, so the expected gradient shrinks by (B-1)/B; a
-        cheap option for k == 1).
-      - ``"whiten"``: ``whiten(G, mask)`` over the batch (scale-free, biased
-        like batch_mean). To whiten LOO advantages call ``whiten`` on the
-        output of ``kind="loo"`` instead.
+      - ``"loo"`` (DPR default): per prompt group of k rows and per position t,
+        A_{i,t} = G_{i,t} - 1/(k-1) * sum_{j != i in group} G_{j,t}. Unbiased; needs k >= 2 and B
+        divisible by k (prompt-major rows).
+      - ``"batch_mean"``: A_{i,t} = G_{i,t} - 1/B * sum_{all rows j} G_{j,t} (row i included, so the
+        expected gradient shrinks by (B-1)/B; a cheap option for k == 1).
+      - ``"whiten"``: ``whiten(G, mask)`` over the batch (scale-free, biased like batch_mean). To whiten
+        LOO advantages call ``whiten`` on the output of ``kind="loo"`` instead.
     """
-    _check_same_shape("mask", mask, returns=returns)
+    check_same_shape("mask", mask, returns=returns)
     if kind not in ADVANTAGE_KINDS:
         raise ValueError(f"unknown advantage kind {kind!r}; choose one of {ADVANTAGE_KINDS}")
     if not isinstance(k, int) or k < 1:
@@ -238,44 +171,30 @@ def advantages(returns: torch.Tensor, mask: torch.Tensor, k: int, kind: str = "l
     if kind == "batch_mean":
         base = g.mean(dim=0, keepdim=True)  # (1, T)
         return _masked(g - base, m)
-    # loo
-    if k < 2:
-        raise ValueError(
-            f"advantage kind 'loo' needs k >= 2 samples per prompt, got k={k}; "
-            "sample more responses per prompt or use kind='batch_mean' / 'none'"
-        )
-    if bsz % k != 0:
-        raise ValueError(
-            f"batch size B={bsz} is not a multiple of k={k}; rows must be prompt-major "
-            "(row i = prompt i // k, sample i % k) with exactly k samples per prompt"
-        )
+    check_loo(bsz, k)
     gg = g.view(bsz // k, k, t_len)  # (P, k, T)
     others = gg.sum(dim=1, keepdim=True) - gg  # (P, k, T): sum over j != i
     a = gg - others / (k - 1)  # (P, k, T)
     return _masked(a.reshape(bsz, t_len), m)
 
 
-# --------------------------------------------------------------------------- #
-# KL estimators
-# --------------------------------------------------------------------------- #
 def kl_k1(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     """k1 = log pi - log ref, per token. # (B, T)
 
-    Why: with a ~ pi its expectation is KL(pi || ref); unbiased but can be
-    negative, so it belongs in the reward (``k1_in_reward``), not the loss.
+    Why: with a ~ pi its expectation is KL(pi || ref); unbiased but can be negative, so it belongs in the
+    reward (``k1_in_reward``), not the loss.
     """
-    _check_same_shape("logp", logp, logp_ref=logp_ref)
+    check_same_shape("logp", logp, logp_ref=logp_ref)
     return logp - logp_ref
 
 
 def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 = exp(d) - d - 1 with d = log ref - log pi, per token. # (B, T)
 
-    Why: >= 0 pointwise and unbiased for KL(pi || ref) under a ~ pi, with
-    lower variance than k1; it is the KL term we put in the loss. Written as
-    expm1(d) - d for accuracy when pi ~ ref.
+    Why: >= 0 pointwise and unbiased for KL(pi || ref) under a ~ pi, with lower variance than k1; it is the
+    KL term we put in the loss. Written as expm1(d) - d for accuracy when pi ~ ref.
     """
-    _check_same_shape("logp", logp, logp_ref=logp_ref)
+    check_same_shape("logp", logp, logp_ref=logp_ref)
     d = logp_ref - logp
     return torch.expm1(d) - d
 
@@ -289,19 +208,15 @@ def k1_in_reward(
 ) -> torch.Tensor:
     """The "k1 in the reward" KL option: r' = r - kl_coef * (log pi - log ref). # (B, T)
 
-    Why: folding the KL into the reward makes the return-to-go carry it, so
-    the score-function gradient of E[r'] optimises the KL-regularised
-    objective. The KL term is detached (rewards never carry gradient in
+    Why: folding the KL into the reward makes the return-to-go carry it, so the score-function gradient of
+    E[r'] optimises the KL-regularised objective. The KL term is detached (rewards never carry gradient in
     REINFORCE). If ``mask`` is given, the result is 0 on padding.
     """
-    _check_same_shape("rewards", rewards, logp=logp, logp_ref=logp_ref, mask=mask)
+    check_same_shape("rewards", rewards, logp=logp, logp_ref=logp_ref, mask=mask)
     out = rewards - kl_coef * kl_k1(logp.detach(), logp_ref.detach())
     return out if mask is None else _masked(out, _bool_mask(mask))
 
 
-# --------------------------------------------------------------------------- #
-# loss
-# --------------------------------------------------------------------------- #
 def policy_gradient_loss(
     logp: torch.Tensor,
     adv: torch.Tensor,
@@ -318,53 +233,34 @@ def policy_gradient_loss(
 
     Why each piece:
       - ``adv`` is detached: it is a weight, not a function of theta.
-      - ``norm="seq_mean"``: N = number of sequences (``n_seqs`` overrides B,
-        e.g. the global count under DDP). Unbiased for grad E[return].
-        ``norm="token_mean"``: N = number of real tokens (``token_count``
-        overrides mask.sum(), e.g. all-reduced under DDP); biased when
-        lengths vary.
-      - ``kl`` (e.g. ``kl_k3(logp, logp_ref)``) is added as
-        ``kl_coef * sum(kl * mask) / N`` with the same N; it carries gradient
-        through logp. ``kl_coef != 0`` without ``kl`` is an error. (``kl`` is
-        built outside this function, so if logp is inf/nan at padding, mask
-        logp before ``kl_k3`` or its own backward yields nan there.)
-      - trust region (only when both ``old_logp`` and ``clip_eps`` are given):
-        ratio = exp(logp - old_logp), per-token surrogate
-        -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A) replaces -A * logp.
-        At logp == old_logp its gradient equals the REINFORCE gradient.
-      - masked positions (padding, after EOS) contribute nothing to the loss
-        and get exactly zero gradient, even if logp there is inf/nan.
-      - ``logp`` must be computed at the sampling temperature (tempered
-        log-softmax) so the update stays on-policy; that is the caller's job.
+      - ``norm="seq_mean"``: N = number of sequences (``n_seqs`` overrides B, e.g. the global count
+        under DDP). Unbiased for grad E[return]. ``norm="token_mean"``: N = number of real tokens
+        (``token_count`` overrides mask.sum(), e.g. all-reduced under DDP); biased when lengths vary.
+      - ``kl`` (e.g. ``kl_k3(logp, logp_ref)``) is added as ``kl_coef * sum(kl * mask) / N`` with the
+        same N; it carries gradient through logp. ``kl_coef != 0`` without ``kl`` is an error. (``kl`` is
+        built outside, so if logp is inf/nan at padding, mask logp before ``kl_k3`` or its backward
+        yields nan there.)
+      - trust region (only when both ``old_logp`` and ``clip_eps`` are given): ratio = exp(logp - old_logp),
+        per-token surrogate -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A) replaces -A * logp. At
+        logp == old_logp its gradient equals the REINFORCE gradient.
+      - masked positions (padding, after EOS) contribute nothing and get exactly zero gradient, even if
+        logp there is inf/nan.
+      - ``logp`` must be computed at the sampling temperature (tempered log-softmax) so the update stays
+        on-policy; that is the caller's job.
 
-    stats (all detached scalar tensors, no host sync): loss, pg_loss,
-    kl_loss (sum(kl)/N, when kl is given), kl_mean (per real token),
-    adv_mean, logp_mean, n_tokens, normaliser, and with old_logp:
-    ratio_mean, approx_kl_old (k3 of old vs new, per token), clip_frac.
-    Token means in stats are over this call's tokens (local under DDP).
+    stats (all detached scalar tensors, no host sync): loss, pg_loss, kl_loss (sum(kl)/N, when kl is
+    given), kl_mean (per real token), adv_mean, logp_mean, n_tokens, normaliser, and with old_logp:
+    ratio_mean, approx_kl_old (k3 of old vs new, per token), clip_frac. Token means in stats are over
+    this call's tokens (local under DDP).
     """
-    _check_same_shape("mask", mask, logp=logp, adv=adv, kl=kl, old_logp=old_logp)
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
-    if kl_coef != 0.0 and kl is None:
-        raise ValueError(
-            f"kl_coef={kl_coef} but kl is None; pass kl=kl_k3(logp, logp_ref) or set kl_coef=0.0"
-        )
-    if clip_eps is not None:
-        if old_logp is None:
-            raise ValueError(
-                f"clip_eps={clip_eps} needs old_logp (log-probs of the sampling policy); "
-                "pass old_logp or set clip_eps=None for plain REINFORCE"
-            )
-        if not clip_eps > 0.0:
-            raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
-    if n_seqs is not None and n_seqs < 1:
-        raise ValueError(f"n_seqs must be >= 1 (number of sequences in the global batch), got {n_seqs}")
+    check_same_shape("mask", mask, logp=logp, adv=adv, kl=kl, old_logp=old_logp)
+    check_loss_args(norm, NORMS, kl is not None, kl_coef, old_logp is not None, clip_eps, n_seqs)
 
     m = _bool_mask(mask)
     lp = _masked(logp, m)  # (B, T)
     a = _masked(adv.detach().to(logp.dtype), m)  # (B, T)
     n_tok_local = m.sum()
+    denom = n_tok_local.clamp_min(1).to(logp.dtype)  # token means in stats
 
     if norm == "seq_mean":
         normaliser = torch.as_tensor(
@@ -379,14 +275,11 @@ def policy_gradient_loss(
         olp = _masked(old_logp.detach().to(logp.dtype), m)  # (B, T)
         log_ratio = lp - olp  # (B, T), 0 on padding
         ratio = torch.exp(log_ratio)
-        denom = n_tok_local.clamp_min(1).to(logp.dtype)
         with torch.no_grad():
             stats["ratio_mean"] = _masked(ratio, m).sum() / denom
             stats["approx_kl_old"] = _masked(torch.expm1(log_ratio) - log_ratio, m).sum() / denom
     if old_logp is not None and clip_eps is not None:
-        unclipped = ratio * a
-        clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * a
-        per_tok = -torch.minimum(unclipped, clipped)  # (B, T)
+        per_tok = -torch.minimum(ratio * a, torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * a)  # (B, T)
         with torch.no_grad():
             is_clipped = m & ((ratio - 1.0).abs() > clip_eps)
             stats["clip_frac"] = is_clipped.sum().to(logp.dtype) / denom
@@ -401,14 +294,13 @@ def policy_gradient_loss(
         if kl_coef != 0.0:
             loss = loss + kl_coef * kl_loss
         stats["kl_loss"] = kl_loss.detach()
-        stats["kl_mean"] = kl_m.detach().sum() / n_tok_local.clamp_min(1).to(logp.dtype)
+        stats["kl_mean"] = kl_m.detach().sum() / denom
 
     with torch.no_grad():
-        denom_tok = n_tok_local.clamp_min(1).to(logp.dtype)
         stats["loss"] = loss.detach()
         stats["pg_loss"] = pg_loss.detach()
-        stats["adv_mean"] = a.sum() / denom_tok
-        stats["logp_mean"] = lp.detach().sum() / denom_tok
+        stats["adv_mean"] = a.sum() / denom
+        stats["logp_mean"] = lp.detach().sum() / denom
         stats["n_tokens"] = n_tok_local.detach().to(logp.dtype)
         stats["normaliser"] = normaliser.detach()
     return loss, stats

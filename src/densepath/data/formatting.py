@@ -38,13 +38,12 @@ def encode_pair(tokenizer, messages: list[dict], response: str, *, where: str = 
             "prefix-difference tokenization needs a template whose generation prompt is a prefix "
             "of the full conversation"
         )
-    resp = full[len(prompt) :]
-    eos = tokenizer.eos_token_id
-    if eos in resp:
-        resp = resp[: resp.index(eos) + 1]
-    else:
-        resp = resp + [eos]
-    return Encoded(prompt, resp)
+    return Encoded(prompt, _until_eos(full[len(prompt) :], tokenizer.eos_token_id))
+
+
+def _until_eos(resp: list[int], eos: int) -> list[int]:
+    """The response up to and including its first EOS, which is appended when missing."""
+    return resp[: resp.index(eos) + 1] if eos in resp else resp + [eos]
 
 
 def encode_many(tokenizer, rows: list[tuple[list[dict], str]]) -> list[Encoded]:
@@ -60,13 +59,9 @@ def encode_many(tokenizer, rows: list[tuple[list[dict], str]]) -> list[Encoded]:
     ]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     f_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    out = []
-    for i, (p, f) in enumerate(zip(p_ids, f_ids)):
-        if f[: len(p)] != p:
-            out.append(encode_pair(tokenizer, rows[i][0], rows[i][1], where=f"row {i}"))
-            continue
-        resp = f[len(p) :]
-        resp = resp[: resp.index(eos) + 1] if eos in resp else resp + [eos]
-        out.append(Encoded(p, resp))
-    return out
+    return [
+        Encoded(p, _until_eos(f[len(p) :], tokenizer.eos_token_id))
+        if f[: len(p)] == p
+        else encode_pair(tokenizer, rows[i][0], rows[i][1], where=f"row {i}")
+        for i, (p, f) in enumerate(zip(p_ids, f_ids))
+    ]

@@ -1,25 +1,15 @@
 """Known-reward token MDP (`data=known_reward`): the synthetic check of method.md.
 
-Why this exists: on real text the "true" dense reward is unknown, so nothing
-can tell whether a recovered reward is right. Here the reward is a hidden
-table ``r*(prev, next) ~ N(0, 1)`` and the expert is the *exact* soft-optimal
-policy for it, so every quantity the framework estimates (recovered reward,
-expert log-likelihood, returns reached by DPR) has a closed-form answer.
+Why: on real text the "true" dense reward is unknown. Here it is a hidden table
+``r*(prev, next) ~ N(0, 1)`` and the expert is the *exact* soft-optimal policy for it, so every
+quantity the framework estimates has a closed-form answer.
 
-Conventions (n = ``n_tokens``):
-
-- token ids ``0..n-1`` are the symbols ``"A", "B", ...``; id ``n`` is EOS;
-- reward table ``R`` has shape ``(n+1, n+1)``: row = previous token, where
-  row ``n`` means BOS (the empty prompt; EOS is terminal so it is never a
-  previous token), column = next action, where column ``n`` means EOS;
-- an episode ends when EOS is emitted (it earns ``R[prev, EOS]``) or after
-  ``horizon`` actions (truncated: no extra reward, ``V_H = 0``); discount 1;
-- the expert is time-dependent: ``pi_t(a | p)`` for position ``t`` in
-  ``0..H-1`` and previous token ``p``.
-
-All maths is float64. With ``V_0 = V_0(BOS)`` the soft-optimal expert obeys
-``log pi*(y) = R*(y) - V_0`` for every complete episode ``y`` (the telescoping
-identity of method.md section 2), which the tests assert to 1e-10.
+Conventions (n = ``n_tokens``): ids ``0..n-1`` are the symbols ``"A", "B", ...``, id ``n`` is
+EOS; ``R`` is ``(n+1, n+1)`` with row = previous token (row ``n`` = BOS, the empty prompt) and
+column = next action (column ``n`` = EOS); an episode ends at EOS (earning ``R[prev, EOS]``) or
+after ``horizon`` actions (``V_H = 0``); discount 1; the expert is time-dependent ``pi_t(a | p)``.
+All maths is float64; ``log pi*(y) = R*(y) - V_0(BOS)`` for every complete episode (method.md
+section 2), which the tests assert to 1e-10.
 """
 
 from __future__ import annotations
@@ -38,21 +28,14 @@ DEFAULT_SIZES: dict[str, int] = {"sft": 2000, "rl": 512, "val": 256, "eval": 512
 _MAX_SYMBOLS = 26  # one capital letter per symbol
 
 
-# ---------------------------------------------------------------------------
-# text interface
-# ---------------------------------------------------------------------------
-
-
 def symbols(n_tokens: int = 8) -> list[str]:
-    """The symbol strings ``"A".."H"`` (for n_tokens=8); one letter each so a
-    response is trivially tokenised by whitespace."""
+    """The symbol strings ``"A".."H"`` (for n_tokens=8), one letter each."""
     _check_n_tokens(n_tokens)
     return [chr(ord("A") + i) for i in range(n_tokens)]
 
 
 def to_text(seq: Sequence[int], n_tokens: int = 8) -> str:
-    """Render token ids as space-separated symbols, dropping EOS (id ``n_tokens``),
-    because the framework tokenizer appends its own EOS."""
+    """Space-separated symbols, dropping EOS (the framework tokenizer appends its own)."""
     syms = symbols(n_tokens)
     out: list[str] = []
     for tok in seq:
@@ -69,23 +52,10 @@ def to_text(seq: Sequence[int], n_tokens: int = 8) -> str:
 
 
 def from_text(text: str, n_tokens: int = 8) -> list[int] | None:
-    """Parse space-separated symbols back to ids (no EOS appended).
-
-    Returns None if any whitespace-separated chunk is not a symbol, so a caller
-    scoring model generations can count malformed outputs instead of crashing.
-    """
+    """Parse space-separated symbols back to ids (no EOS appended); None if a chunk is not a symbol."""
     lookup = {s: i for i, s in enumerate(symbols(n_tokens))}
-    ids: list[int] = []
-    for chunk in text.split():
-        if chunk not in lookup:
-            return None
-        ids.append(lookup[chunk])
-    return ids
-
-
-# ---------------------------------------------------------------------------
-# small pure functions (float64 tables)
-# ---------------------------------------------------------------------------
+    ids = [lookup.get(chunk) for chunk in text.split()]
+    return None if None in ids else ids
 
 
 def _check_n_tokens(n_tokens: int) -> None:
@@ -96,15 +66,13 @@ def _check_n_tokens(n_tokens: int) -> None:
 
 
 def sample_reward_table(n_tokens: int, seed: int) -> torch.Tensor:
-    """Draw the hidden reward ``R ~ N(0, 1)`` of shape ``(n+1, n+1)`` from a
-    private seeded generator, so the table never depends on global RNG state."""
+    """The hidden reward ``R ~ N(0, 1)``, (n+1, n+1), from a private seeded generator."""
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randn(n_tokens + 1, n_tokens + 1, generator=gen, dtype=torch.float64)
 
 
 def _continuation(values: torch.Tensor) -> torch.Tensor:
-    """Map next-step values over states (n+1,) [row n = BOS] to the value earned
-    after each action (n+1,) [col n = EOS -> 0, terminal]."""
+    """Next-step values over states (n+1,) -> value earned after each action (n+1,): EOS earns 0."""
     cont = values.clone()  # (n+1,)
     cont[-1] = 0.0  # EOS ends the episode; BOS is never reached again
     return cont
@@ -115,7 +83,6 @@ def soft_value_iteration(R: torch.Tensor, horizon: int) -> tuple[torch.Tensor, t
 
     Returns V (H+1, n+1) with V[H] = 0, and logpi (H, n+1, n+1) with
     logpi[t, p, a] = Q_t(p, a) - V_t(p), Q_t(p, a) = R[p, a] + V_{t+1}(a) (0 for EOS).
-    Loops over positions only (H steps), never over tokens.
     """
     n1 = R.shape[0]
     V = torch.zeros(horizon + 1, n1, dtype=torch.float64)  # (H+1, n+1)
@@ -128,8 +95,7 @@ def soft_value_iteration(R: torch.Tensor, horizon: int) -> tuple[torch.Tensor, t
 
 
 def hard_value_iteration(R: torch.Tensor, horizon: int) -> torch.Tensor:
-    """Backward max-plus DP: M (H+1, n+1), M[t, p] = best return reachable from
-    previous token p at position t; M[0, BOS] is the best episode's return."""
+    """Backward max-plus DP: M (H+1, n+1), M[t, p] = best return reachable from prev p at t."""
     n1 = R.shape[0]
     M = torch.zeros(horizon + 1, n1, dtype=torch.float64)  # (H+1, n+1)
     for t in range(horizon - 1, -1, -1):
@@ -139,8 +105,7 @@ def hard_value_iteration(R: torch.Tensor, horizon: int) -> torch.Tensor:
 
 
 def table_policy_mean_return(R: torch.Tensor, logpi: torch.Tensor) -> float:
-    """Exact expected return of a time-dependent table policy logpi (H, n+1, n+1)
-    by a forward DP over the occupancy of (position, previous token)."""
+    """Exact expected return of a table policy logpi (H, n+1, n+1): forward occupancy DP."""
     horizon, n1, _ = logpi.shape
     if R.shape != (n1, n1):
         raise ValueError(
@@ -160,22 +125,15 @@ def table_policy_mean_return(R: torch.Tensor, logpi: torch.Tensor) -> float:
 
 
 def uniform_log_policy(n_tokens: int, horizon: int) -> torch.Tensor:
-    """Uniform policy over the n+1 actions at every step, as a (H, n+1, n+1) table;
-    the no-information reference for fidelity comparisons."""
+    """Uniform policy over the n+1 actions at every step, as a (H, n+1, n+1) table."""
     n1 = n_tokens + 1
     return torch.full((horizon, n1, n1), -math.log(n1), dtype=torch.float64)
-
-
-# ---------------------------------------------------------------------------
-# the MDP
-# ---------------------------------------------------------------------------
 
 
 class KnownRewardMDP:
     """Hidden-reward token MDP with its exact soft-optimal expert.
 
-    ``seed`` seeds only the reward table (the "reward seed"); demonstrations
-    are drawn with a separate generator passed to :meth:`sample_expert`.
+    ``seed`` seeds only the reward table; demonstrations use the generator passed to :meth:`sample_expert`.
     """
 
     def __init__(self, n_tokens: int = 8, horizon: int = 8, seed: int = 0) -> None:
@@ -190,8 +148,6 @@ class KnownRewardMDP:
         self.R: torch.Tensor = sample_reward_table(self.n_tokens, self.seed)  # (n+1, n+1)
         self._V, self._logpi = soft_value_iteration(self.R, self.horizon)
 
-    # -- exact quantities ----------------------------------------------------
-
     def soft_values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """V (H+1, n+1) and the expert log-policy logpi (H, n+1, n+1) = [t, prev, action]."""
         return self._V.clone(), self._logpi.clone()
@@ -204,30 +160,16 @@ class KnownRewardMDP:
         """Max true return over all complete episodes (hard-max DP)."""
         return float(hard_value_iteration(self.R, self.horizon)[0, self.bos])
 
-    def policy_mean_return(self, logpi: torch.Tensor) -> float:
-        """Exact expected true return of a table policy logpi (H, n+1, n+1).
-
-        Only (position, previous token) policies fit a table; a language model
-        conditions on the whole prefix, so estimate its return by sampling.
-        """
-        return table_policy_mean_return(self.R, logpi)
-
     def expert_mean_return(self) -> float:
-        """Exact E_{y ~ pi*}[R*(y)] (forward occupancy DP)."""
-        return self.policy_mean_return(self._logpi)
+        """Exact E_{y ~ pi*}[R*(y)]."""
+        return table_policy_mean_return(self.R, self._logpi)
 
     def uniform_mean_return(self) -> float:
         """Exact expected true return of the uniform policy."""
-        return self.policy_mean_return(uniform_log_policy(self.n_tokens, self.horizon))
-
-    # -- sequence scoring ----------------------------------------------------
+        return table_policy_mean_return(self.R, uniform_log_policy(self.n_tokens, self.horizon))
 
     def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Validate episodes and return (prev (N, H), action (N, H), mask (N, H) bool).
-
-        Rejects ids out of range, EOS before the end, and more than H actions,
-        because the MDP gives such sequences no meaning.
-        """
+        """(prev, action, mask) each (N, H); rejects ids out of range, early EOS and > H actions."""
         N, H = len(seqs), self.horizon
         action = torch.full((N, H), self.eos, dtype=torch.long)  # (N, H)
         mask = torch.zeros(N, H, dtype=torch.bool)  # (N, H)
@@ -245,45 +187,24 @@ class KnownRewardMDP:
             if seq:
                 action[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
                 mask[i, : len(seq)] = True
-        prev = torch.cat(
-            [torch.full((N, 1), self.bos, dtype=torch.long), action[:, :-1]], dim=1
-        )  # (N, H); entries after EOS are masked out
+        prev = torch.cat([torch.full((N, 1), self.bos, dtype=torch.long), action[:, :-1]], dim=1)  # (N, H)
         return prev, action, mask
 
     def true_return(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-        """(N,) float64 sum of r*(prev, next) along each sequence, starting from BOS.
-
-        A prefix without EOS shorter than H is scored as is (no EOS reward).
-        """
+        """(N,) float64 sum of r*(prev, next) from BOS; an unfinished prefix earns no EOS reward."""
         prev, action, mask = self._pad(seqs)
-        r = self.R[prev, action]  # (N, H)
-        return (r * mask).sum(dim=1)
+        return (self.R[prev, action] * mask).sum(dim=1)  # (N, H) summed over H
 
     def expert_logprob(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """(N,) float64 log pi*(y) (of the prefix, if y is unfinished)."""
         prev, action, mask = self._pad(seqs)
         t = torch.arange(self.horizon).expand_as(prev)  # (N, H)
-        lp = self._logpi[t, prev, action]  # (N, H)
-        return (lp * mask).sum(dim=1)
-
-    def expert_token_logprobs(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token expert log-probs (N, H) and mask (N, H): ground truth for a
-        recovered `logprob` reward."""
-        prev, action, mask = self._pad(seqs)
-        t = torch.arange(self.horizon).expand_as(prev)  # (N, H)
-        return self._logpi[t, prev, action] * mask, mask
-
-    def true_token_rewards(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token true rewards r*(prev, next) (N, H) and mask (N, H)."""
-        prev, action, mask = self._pad(seqs)
-        return self.R[prev, action] * mask, mask
+        return (self._logpi[t, prev, action] * mask).sum(dim=1)  # (N, H) summed over H
 
     def uniform_logprob(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """(N,) float64 log-probability under the uniform policy: -len(y) log(n+1)."""
         _, _, mask = self._pad(seqs)
         return -mask.sum(dim=1).to(torch.float64) * math.log(self.n_tokens + 1)
-
-    # -- sampling ------------------------------------------------------------
 
     def _sample_table(self, logpi: torch.Tensor, n: int, generator: torch.Generator) -> list[list[int]]:
         """Sample n episodes from a (H, n+1, n+1) table policy; vectorised over the batch."""
@@ -310,25 +231,18 @@ class KnownRewardMDP:
         """n episodes from the uniform policy (truncated at H)."""
         return self._sample_table(uniform_log_policy(self.n_tokens, self.horizon), n, generator)
 
-    # -- text ----------------------------------------------------------------
-
     def episode_from_text(self, text: str) -> list[int] | None:
-        """Turn a finished generation into an MDP episode, or None if malformed.
+        """A finished generation as an episode, or None if malformed.
 
-        The framework strips EOS from the text, so a response with fewer than H
-        symbols is taken to have ended with EOS (which earns R[prev, EOS]); a
-        response with H or more symbols is truncated at H, as the MDP would.
+        The text has no EOS: fewer than H symbols means it ended with EOS; H or more is truncated at H.
         """
         ids = from_text(text, self.n_tokens)
         if ids is None:
             return None
-        if len(ids) >= self.horizon:
-            return ids[: self.horizon]
-        return ids + [self.eos]
+        return ids[: self.horizon] if len(ids) >= self.horizon else ids + [self.eos]
 
     def score_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ground-truth verifier: true returns (N,) float64 (NaN where malformed)
-        and a validity mask (N,) bool."""
+        """Ground-truth verifier: true returns (N,) float64 (NaN where malformed), validity (N,) bool."""
         eps = [self.episode_from_text(t) for t in texts]
         valid = torch.tensor([e is not None for e in eps], dtype=torch.bool)
         ret = torch.full((len(texts),), float("nan"), dtype=torch.float64)
@@ -336,11 +250,6 @@ class KnownRewardMDP:
         if good:
             ret[valid] = self.true_return(good)
         return ret, valid
-
-
-# ---------------------------------------------------------------------------
-# dataset rows
-# ---------------------------------------------------------------------------
 
 
 def make_splits(
@@ -352,12 +261,9 @@ def make_splits(
 ) -> dict[str, list[dict]]:
     """Expert demonstrations as framework rows for splits sft/rl/val/eval.
 
-    Every prompt is empty (the only start state is BOS), so the usual
-    RL-vs-eval prompt disjointness cannot hold and is not meaningful here:
-    the splits differ only in their sampled responses, and evaluation is by
-    the exact/true return, not by held-out prompts. Each split has its own
-    generator seeded from (seed, split index), so resizing one split leaves
-    the others unchanged. ``reward_seed`` picks the hidden reward table.
+    Every prompt is empty (BOS), so splits differ only in their sampled responses and evaluation
+    is by the true return. Each split has its own generator seeded from (seed, split index), so
+    resizing one split leaves the others unchanged. ``reward_seed`` picks the hidden reward table.
     """
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     unknown = set(sizes) - set(SPLITS)
@@ -380,10 +286,6 @@ def make_splits(
             }
             for s, r in zip(seqs, returns)
         ]
-    logger.info(
-        "known_reward splits: %s (reward_seed=%d, V0=%.4f)",
-        {k: len(v) for k, v in out.items()},
-        reward_seed,
-        mdp.V0(),
-    )
+    sizes_out = {k: len(v) for k, v in out.items()}
+    logger.info("known_reward splits: %s (reward_seed=%d, V0=%.4f)", sizes_out, reward_seed, mdp.V0())
     return out

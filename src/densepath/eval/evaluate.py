@@ -47,19 +47,6 @@ def _summ(values: np.ndarray, is_binary: bool) -> tuple[float, float, float]:
     return mean, lo, hi
 
 
-def generate_texts(
-    model, tokenizer, task, rows, sampler, *, greedy: bool, temperature: float = 1.0, k: int = 1
-):
-    prompts = [encode_prompt(tokenizer, task.messages(r)) for r in rows]
-    batch = sampler.generate(model, prompts, k=k, greedy=greedy, temperature=temperature)
-    ids = batch.response_ids.cpu()
-    mask = batch.response_mask.cpu().bool()
-    texts = [
-        tokenizer.decode(ids[i][mask[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])
-    ]
-    return texts, batch
-
-
 def evaluate_policy(
     model,
     tokenizer,
@@ -78,34 +65,29 @@ def evaluate_policy(
     """
     metrics: dict[str, float] = {}
     details: dict = {}
+    prompts = [encode_prompt(tokenizer, task.messages(r)) for r in rows]
+    by_family = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_family[r["family"]].append(i)
     for mode in modes:
-        texts, batch = generate_texts(
-            model, tokenizer, task, rows, sampler, greedy=(mode == "greedy"), temperature=temperature
-        )
+        batch = sampler.generate(model, prompts, k=1, greedy=(mode == "greedy"), temperature=temperature)
+        ids, mask = batch.response_ids.cpu(), batch.response_mask.cpu().bool()
+        texts = [tokenizer.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
         scores = task.score(rows, texts)
         scores["length"] = batch.response_mask.sum(-1).float().cpu().numpy()
         if extra is not None:
             scores.update(extra(batch))
         details[mode] = {"texts": texts, "scores": scores}
         for name, vals in scores.items():
-            binary = name in ("success", "valid")
-            mean, lo, hi = _summ(np.asarray(vals, dtype=np.float64), binary)
+            mean, lo, hi = _summ(np.asarray(vals, dtype=np.float64), name in ("success", "valid"))
             metrics[f"{split}/{mode}/{name}"] = mean
             if name != "length":
-                metrics[f"{split}/{mode}/{name}_lo"] = lo
-                metrics[f"{split}/{mode}/{name}_hi"] = hi
-        by_family = defaultdict(list)
-        for i, r in enumerate(rows):
-            by_family[r["family"]].append(i)
+                metrics[f"{split}/{mode}/{name}_lo"], metrics[f"{split}/{mode}/{name}_hi"] = lo, hi
         if len(by_family) > 1:
             for fam, idx in by_family.items():
-                for name in scores:
-                    if name == "length":
-                        continue
-                    vals = np.asarray(scores[name], dtype=np.float64)[idx]
-                    metrics[f"{split}/{mode}/{fam}/{name}"] = (
-                        float(np.nanmean(vals)) if len(vals) else float("nan")
-                    )
+                for name in (n for n in scores if n != "length"):
+                    vals = np.asarray(scores[name], dtype=np.float64)[idx]  # idx is never empty
+                    metrics[f"{split}/{mode}/{fam}/{name}"] = float(np.nanmean(vals))
     headline = task.headline
     if f"{split}/sampled/{headline}" in metrics:
         metrics[f"{split}/{headline}"] = metrics[f"{split}/sampled/{headline}"]
@@ -117,19 +99,14 @@ def format_table(
     metrics: dict[str, float], split: str, headline: str, families: list[str], title: str = ""
 ) -> str:
     """A markdown table: one row per family plus `all`, greedy and sampled columns."""
-    lines = []
-    if title:
-        lines.append(f"### {title}")
-    lines.append(f"| family | greedy {headline} | sampled {headline} (95% CI) |")
-    lines.append("|---|---|---|")
+    lines = [f"### {title}"] if title else []
+    lines += [f"| family | greedy {headline} | sampled {headline} (95% CI) |", "|---|---|---|"]
+    get = lambda key: metrics.get(f"{split}/{key}", float("nan"))  # noqa: E731
     for fam in families:
-        g = metrics.get(f"{split}/greedy/{fam}/{headline}", float("nan"))
-        s = metrics.get(f"{split}/sampled/{fam}/{headline}", float("nan"))
+        g, s = get(f"greedy/{fam}/{headline}"), get(f"sampled/{fam}/{headline}")
         lines.append(f"| {fam} | {g:.3f} | {s:.3f} |")
-    g = metrics.get(f"{split}/greedy/{headline}", float("nan"))
-    s = metrics.get(f"{split}/sampled/{headline}", float("nan"))
-    lo = metrics.get(f"{split}/sampled/{headline}_lo", float("nan"))
-    hi = metrics.get(f"{split}/sampled/{headline}_hi", float("nan"))
+    g, s = get(f"greedy/{headline}"), get(f"sampled/{headline}")
+    lo, hi = get(f"sampled/{headline}_lo"), get(f"sampled/{headline}_hi")
     lines.append(
         f"| **all** (n={int(metrics.get(f'{split}/n', 0))}) | {g:.3f} | {s:.3f} [{lo:.3f}, {hi:.3f}] |"
     )

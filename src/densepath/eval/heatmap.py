@@ -1,12 +1,11 @@
 """Token reward heatmaps: one self-contained HTML page showing the dense reward on each token.
 
 Why: the dense reward is only convincing if you can see it land on the right tokens (e.g. the
-corrupted one). The page has no JS and no network references, so it can be attached to a run
-artefact and opened anywhere.
+corrupted one). No JS and no network references, so the page opens anywhere.
 
-Colour scale: diverging red (negative) -> white (0) -> blue (positive), normalised by a robust
-max |r| over the whole page (95th percentile of finite |r|, so one outlier does not wash out
-everything else); values beyond it saturate. Hovering a token shows ``{token!r}: {reward:.3f}``.
+Colours diverge red (negative) -> white (0) -> blue (positive), normalised by a robust max |r|
+over the page (95th percentile of finite |r|); values beyond it saturate. Hovering a token shows
+``{token!r}: {reward:.3f}``.
 """
 
 from __future__ import annotations
@@ -15,11 +14,12 @@ import html
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from densepath.rewards.artefact import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ body { font-family: sans-serif; margin: 1.5em; }
 
 
 def robust_scale(rewards: Sequence[Sequence[float]]) -> float:
-    """Robust max |r| over all tokens: the 95th percentile of finite |r|, falling back to max, then 1.
+    """Robust max |r|: the 95th percentile of finite |r|, falling back to max, then 1.
 
     Why: a single extreme token would otherwise make every other token look white.
     """
@@ -59,43 +59,39 @@ def reward_rgb(reward: float, scale: float) -> tuple[int, int, int]:
     return (255, fade, fade) if s < 0 else (fade, fade, 255)
 
 
-def _token_span(token: str, reward: float, scale: float) -> str:
-    """One coloured, escaped, hover-titled span for a token."""
+def _style(reward: float, scale: float) -> str:
     r, g, b = reward_rgb(reward, scale)
-    text_colour = "#fff" if (r + g + b) < 380 else "#000"  # keep text readable on saturated cells
+    text = "#fff" if (r + g + b) < 380 else "#000"  # keep text readable on saturated cells
+    return f"background-color: rgb({r}, {g}, {b}); color: {text}"
+
+
+def _token_span(token: str, reward: float, scale: float) -> str:
     title = html.escape(f"{token!r}: {reward:.3f}", quote=True)
-    return (
-        f'<span class="tok" style="background-color: rgb({r}, {g}, {b}); color: {text_colour}" '
-        f'title="{title}">{html.escape(token, quote=True)}</span>'
-    )
+    return f'<span class="tok" style="{_style(reward, scale)}" title="{title}">{html.escape(token, quote=True)}</span>'
 
 
 def _legend(scale: float) -> str:
     """A five-step colour legend from -scale to +scale."""
-    cells = []
-    for v in (-scale, -scale / 2, 0.0, scale / 2, scale):
-        r, g, b = reward_rgb(v, scale)
-        colour = "#fff" if (r + g + b) < 380 else "#000"
-        cells.append(f'<span style="background-color: rgb({r}, {g}, {b}); color: {colour}">{v:+.3f}</span>')
-    return '<div class="legend">reward: ' + "".join(cells) + " (saturates beyond)</div>"
-
-
-def _check_row(i: int, row: dict) -> None:
-    """Raise naming the row when tokens and rewards are missing or misaligned."""
-    for key in ("tokens", "rewards"):
-        if key not in row:
-            raise ValueError(f"heatmap row {i} has no {key!r}; each row needs 'tokens' and 'rewards' lists.")
-    if len(row["tokens"]) != len(row["rewards"]):
-        raise ValueError(
-            f"heatmap row {i} has {len(row['tokens'])} tokens but {len(row['rewards'])} rewards; "
-            "pass one reward per token."
-        )
+    cells = "".join(
+        f'<span style="{_style(v, scale)}">{v:+.3f}</span>'
+        for v in (-scale, -scale / 2, 0.0, scale / 2, scale)
+    )
+    return f'<div class="legend">reward: {cells} (saturates beyond)</div>'
 
 
 def token_heatmap_html(rows: list[dict], title: str = "") -> str:
     """Render rows ``{"prompt", "tokens", "rewards", "label"}`` as a self-contained HTML heatmap."""
     for i, row in enumerate(rows):
-        _check_row(i, row)
+        for key in ("tokens", "rewards"):
+            if key not in row:
+                raise ValueError(
+                    f"heatmap row {i} has no {key!r}; each row needs 'tokens' and 'rewards' lists."
+                )
+        if len(row["tokens"]) != len(row["rewards"]):
+            raise ValueError(
+                f"heatmap row {i} has {len(row['tokens'])} tokens but {len(row['rewards'])} rewards; "
+                "pass one reward per token."
+            )
     scale = robust_scale([row["rewards"] for row in rows])
     body = []
     for row in rows:
@@ -114,18 +110,8 @@ def token_heatmap_html(rows: list[dict], title: str = "") -> str:
 
 
 def write_heatmap(path: str | os.PathLike, rows: list[dict], title: str = "") -> Path:
-    """Write the heatmap page atomically (tmp file + os.replace) and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the heatmap page atomically and return its path."""
     text = token_heatmap_html(rows, title)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    path = atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     log.info("wrote token heatmap with %d rows to %s", len(rows), path)
     return path

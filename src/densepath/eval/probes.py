@@ -1,27 +1,22 @@
 """Reward-recovery probes: does the recovered dense reward find errors and track true returns?
 
-Two families of checks (method.md, evaluation):
+* **corruption probes**: one token of a demonstration is altered; a good dense reward puts its
+  minimum on it (``detection_rate``) and scores altered tokens below clean ones (``corrupted_token_auroc``);
+* **fidelity**: on a known-reward task, recovered sequence returns should correlate with the true
+  returns *within* each policy's samples (the headline; pooled correlation is inflated by
+  between-policy differences).
 
-* **corruption probes** -- one token of a demonstration is altered; a good dense reward should
-  put its minimum on that token (``detection_rate``) and score altered tokens below clean ones
-  (``corrupted_token_auroc``);
-* **fidelity** -- on a task with a known reward, the recovered sequence returns should correlate
-  with the true returns *within* each policy's samples (the headline; pooled correlation is
-  inflated by between-policy differences, so it is reported but not headline).
-
-All (B, T) inputs are per-token tensors aligned with a response ``mask`` (1 on real tokens).
-Everything is computed in float64 numpy; these are evaluation metrics, not hot training paths.
+All (B, T) inputs are per-token tensors aligned with a response ``mask`` (1 on real tokens);
+everything is computed in float64.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
+from scipy.stats import rankdata
 
 
 def _check_bt(rewards: torch.Tensor, mask: torch.Tensor, name: str = "rewards") -> None:
@@ -45,8 +40,9 @@ def _check_positions(positions: torch.Tensor, mask: torch.Tensor, name: str) -> 
         raise ValueError(
             f"positions has {positions.numel()} entries but {name} has {B} rows; pass one index per row."
         )
-    if ((positions < 0) | (positions >= T)).any():
-        bad = int(torch.nonzero((positions < 0) | (positions >= T))[0])
+    outside = (positions < 0) | (positions >= T)
+    if outside.any():
+        bad = int(torch.nonzero(outside)[0])
         raise ValueError(
             f"positions[{bad}] = {int(positions[bad])} is outside [0, {T}); index the response block."
         )
@@ -63,9 +59,8 @@ def _check_positions(positions: torch.Tensor, mask: torch.Tensor, name: str) -> 
 def detection_rate(rewards: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> dict[str, float]:
     """Fraction of corrupted responses whose lowest-reward real token is the altered one.
 
-    Tie rule: the argmin is the FIRST real token attaining the row minimum, so a tie counts as
-    detected only when the altered token is the earliest of the tied minima. ``chance`` is the
-    rate a reward with a uniformly random argmin would get: mean over rows of ``1 / len_i``.
+    Ties: the argmin is the FIRST real token at the row minimum. ``chance`` is the rate of a
+    uniformly random argmin: mean over rows of ``1 / len_i``.
     """
     _check_bt(rewards, mask)
     m = mask.bool()  # (B, T)
@@ -74,15 +69,9 @@ def detection_rate(rewards: torch.Tensor, mask: torch.Tensor, positions: torch.T
         bad = int(torch.nonzero(lengths == 0)[0])
         raise ValueError(f"row {bad} of mask has no real tokens; drop empty responses before probing.")
     positions = _check_positions(positions, mask, "rewards")
-    r = rewards.detach().to(torch.float64)
-    r = torch.where(m, r, torch.full_like(r, math.inf))  # padded tokens can never be the minimum
-    # torch.argmin returns the first minimal index, which implements the documented tie rule.
-    first_min = torch.argmin(r, dim=1)  # (B,)
-    hits = (first_min == positions).to(torch.float64)
-    return {
-        "detection_rate": float(hits.mean()),
-        "chance": float((1.0 / lengths.to(torch.float64)).mean()),
-    }
+    r = torch.where(m, rewards.detach().to(torch.float64), math.inf)  # padding is never the minimum
+    hits = (torch.argmin(r, dim=1) == positions).to(torch.float64)  # (B,); argmin: first minimal index
+    return {"detection_rate": float(hits.mean()), "chance": float((1.0 / lengths.to(torch.float64)).mean())}
 
 
 def _as_1d_finite(x: np.ndarray, name: str) -> np.ndarray:
@@ -95,31 +84,18 @@ def _as_1d_finite(x: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
-def _rankdata(a: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based) with ties sharing their mean rank, in O(n log n)."""
-    sorter = np.argsort(a, kind="mergesort")
-    inv = np.empty_like(sorter)
-    inv[sorter] = np.arange(a.size)
-    s = a[sorter]
-    new_group = np.concatenate(([True], s[1:] != s[:-1]))  # start of each tie group
-    dense = np.cumsum(new_group)[inv]  # 1-based group id per element
-    bounds = np.concatenate((np.flatnonzero(new_group), [a.size]))  # group start offsets + end
-    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
-
-
 def auroc(neg_scores: np.ndarray, pos_scores: np.ndarray) -> float:
     """P(random positive scores LOWER than random negative), ties count 1/2.
 
-    Positives are corrupted tokens, so a low reward means detected; 1.0 = perfect separation,
-    0.5 = chance. Computed from the Mann-Whitney U of the negatives via average ranks.
+    Positives are corrupted tokens (low reward = detected); 1.0 = perfect, 0.5 = chance.
+    The Mann-Whitney U of the negatives over n_neg * n_pos.
     """
-    neg = _as_1d_finite(neg_scores, "neg_scores")
-    pos = _as_1d_finite(pos_scores, "pos_scores")
+    neg, pos = _as_1d_finite(neg_scores, "neg_scores"), _as_1d_finite(pos_scores, "pos_scores")
     if neg.size == 0 or pos.size == 0:
         raise ValueError(
             f"auroc needs at least one score of each kind, got {neg.size} negatives and {pos.size} positives."
         )
-    ranks = _rankdata(np.concatenate([neg, pos]))
+    ranks = rankdata(np.concatenate([neg, pos]))
     u_neg = ranks[: neg.size].sum() - neg.size * (neg.size + 1) / 2.0  # pairs with neg > pos, ties 1/2
     return float(u_neg / (neg.size * pos.size))
 
@@ -141,45 +117,47 @@ def corrupted_token_auroc(
     return auroc(neg.cpu().numpy(), pos.cpu().numpy())
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation in float64; NaN when n < 2 or either side has zero variance."""
-    a = np.asarray(x, dtype=np.float64).reshape(-1)
-    b = np.asarray(y, dtype=np.float64).reshape(-1)
+def _pair(x: np.ndarray, y: np.ndarray, what: str, finite: bool) -> tuple[np.ndarray, np.ndarray]:
+    if finite:
+        a, b = _as_1d_finite(x, "x"), _as_1d_finite(y, "y")
+    else:
+        a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (x, y))
     if a.size != b.size:
         raise ValueError(
-            f"pearson needs equal lengths, got {a.size} and {b.size}; pair the samples one to one."
+            f"{what} needs equal lengths, got {a.size} and {b.size}; pair the samples one to one."
         )
+    return a, b
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation in float64; NaN when n < 2 or either side has zero variance."""
+    a, b = _pair(x, y, "pearson", finite=False)
     if a.size < 2:
         return float("nan")
-    da = a - a.mean()
-    db = b - b.mean()
-    sa = math.sqrt(float(np.dot(da, da)))
-    sb = math.sqrt(float(np.dot(db, db)))
+    da, db = a - a.mean(), b - b.mean()
+    sa, sb = math.sqrt(float(np.dot(da, da))), math.sqrt(float(np.dot(db, db)))
     if sa == 0.0 or sb == 0.0:
         return float("nan")
-    r = float(np.dot(da, db)) / (sa * sb)
-    return max(-1.0, min(1.0, r))
+    return max(-1.0, min(1.0, float(np.dot(da, db)) / (sa * sb)))
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (Pearson of average ranks); NaN when n < 2 or a side is constant."""
-    a = _as_1d_finite(x, "x")
-    b = _as_1d_finite(y, "y")
-    if a.size != b.size:
-        raise ValueError(
-            f"spearman needs equal lengths, got {a.size} and {b.size}; pair the samples one to one."
-        )
-    if a.size < 2:
-        return float("nan")
-    return pearson(_rankdata(a), _rankdata(b))
+    a, b = _pair(x, y, "spearman", finite=True)
+    return pearson(rankdata(a), rankdata(b)) if a.size >= 2 else float("nan")
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the non-NaN values, NaN (without a numpy warning) when there are none."""
+    finite = [v for v in values if not math.isnan(v)]
+    return float(sum(finite) / len(finite)) if finite else float("nan")
 
 
 def fidelity(recovered: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, float]:
     """Correlation of recovered vs true sequence returns, per policy, pooled and averaged within.
 
-    Within-policy correlation is the headline: pooled numbers are inflated when policies differ
-    in average quality. ``within/*_mean`` averages the per-policy values, skipping NaN ones
-    (a policy with constant returns); it is NaN if every policy is NaN.
+    ``within/*_mean`` averages the per-policy values, skipping NaN ones (a policy with constant
+    returns); it is NaN if every policy is NaN.
     """
     if set(recovered) != set(true):
         raise ValueError(
@@ -189,7 +167,6 @@ def fidelity(recovered: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> d
         raise ValueError("fidelity needs at least one policy; pass {name: returns} dicts.")
     out: dict[str, float] = {}
     rec_all, true_all = [], []
-    per_p, per_s = [], []
     for name in sorted(recovered):
         r = np.asarray(recovered[name], dtype=np.float64).reshape(-1)
         t = np.asarray(true[name], dtype=np.float64).reshape(-1)
@@ -197,37 +174,26 @@ def fidelity(recovered: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> d
             raise ValueError(
                 f"policy {name!r}: {r.size} recovered returns but {t.size} true returns; pair them one to one."
             )
-        out[f"{name}/pearson"] = pearson(r, t)
-        out[f"{name}/spearman"] = spearman(r, t)
-        per_p.append(out[f"{name}/pearson"])
-        per_s.append(out[f"{name}/spearman"])
+        out[f"{name}/pearson"], out[f"{name}/spearman"] = pearson(r, t), spearman(r, t)
         rec_all.append(r)
         true_all.append(t)
-    out["pooled/pearson"] = pearson(np.concatenate(rec_all), np.concatenate(true_all))
-    out["pooled/spearman"] = spearman(np.concatenate(rec_all), np.concatenate(true_all))
-    out["within/pearson_mean"] = _nanmean(per_p)
-    out["within/spearman_mean"] = _nanmean(per_s)
+    rec_cat, true_cat = np.concatenate(rec_all), np.concatenate(true_all)
+    out["pooled/pearson"], out["pooled/spearman"] = pearson(rec_cat, true_cat), spearman(rec_cat, true_cat)
+    for corr in ("pearson", "spearman"):
+        out[f"within/{corr}_mean"] = _nanmean([out[f"{n}/{corr}"] for n in sorted(recovered)])
     return out
 
 
-def _nanmean(values: list[float]) -> float:
-    """Mean of the non-NaN values, NaN (without a numpy warning) when there are none."""
-    finite = [v for v in values if not math.isnan(v)]
-    return float(sum(finite) / len(finite)) if finite else float("nan")
-
-
 def reward_stats(rewards: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Token-level and sequence-sum summary of a reward over real tokens (population std, ddof=0).
-
-    Useful to spot scale drift and length bias (e.g. all-negative raw log-probs).
-    """
+    """Token-level and sequence-sum summary over real tokens (population std), to spot scale drift
+    and length bias."""
     _check_bt(rewards, mask)
     m = mask.bool()
     r = rewards.detach().to(torch.float64)
     tok = r[m]  # (N_real,)
     if tok.numel() == 0:
         raise ValueError("mask has no real tokens; reward_stats needs at least one response token.")
-    seq = torch.where(m, r, torch.zeros_like(r)).sum(dim=1)  # (B,)
+    seq = torch.where(m, r, 0.0).sum(dim=1)  # (B,)
     return {
         "token_mean": float(tok.mean()),
         "token_std": float(tok.std(correction=0)),

@@ -53,6 +53,14 @@ def prepare_policy(model, cfg_model) -> torch.nn.Module:
     return model
 
 
+def _left_padded(tok):
+    """Pad with EOS when the tokenizer has no pad token; pad prompts on the left (generation)."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
 @dataclass
 class TrainOptions:
     """Fields shared by every `model=` option (read by `prepare_policy`)."""
@@ -105,36 +113,29 @@ class HFModel(TrainOptions):
     trust_remote_code: bool = False
     revision: str | None = None
 
-    def _check(self) -> None:
+    def _checked_path(self) -> str:
+        """The expanded local directory, or the hub id."""
         if self.path in (None, "???", ""):
             raise ValueError("model=hf needs model.path=<local dir or hub id>")
-        is_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", self.path) is not None
-        if not is_hub_id and not Path(self.path).expanduser().exists():
+        local = Path(self.path).expanduser()
+        if local.exists():
+            return str(local)
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", self.path) is None:
             raise FileNotFoundError(
                 f"model.path={self.path}: no such directory. Point it at a saved HF model dir "
                 "(config.json + safetensors), e.g. an SFT run's `sft/policy`."
             )
+        return self.path
+
+    def _load(self, auto, **kwargs):
+        kwargs.update(trust_remote_code=self.trust_remote_code, revision=self.revision)
+        return auto.from_pretrained(self._checked_path(), **kwargs)
 
     def load_tokenizer(self):
-        self._check()
-        tok = AutoTokenizer.from_pretrained(
-            str(Path(self.path).expanduser()) if Path(self.path).expanduser().exists() else self.path,
-            trust_remote_code=self.trust_remote_code,
-            revision=self.revision,
-        )
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        tok.padding_side = "left"
-        return tok
+        return _left_padded(self._load(AutoTokenizer))
 
     def build(self, tokenizer):
-        self._check()
-        path = str(Path(self.path).expanduser()) if Path(self.path).expanduser().exists() else self.path
-        return attention.apply(
-            AutoModelForCausalLM.from_pretrained(
-                path, trust_remote_code=self.trust_remote_code, revision=self.revision, dtype=torch.float32
-            )
-        )
+        return attention.apply(self._load(AutoModelForCausalLM, dtype=torch.float32))
 
 
 def smollm2_gguf_path() -> Path:
@@ -171,14 +172,9 @@ class SmolLM2(TrainOptions):
     def load_tokenizer(self):
         cached = self._cache()
         if (cached / "tokenizer_config.json").exists():
-            tok = AutoTokenizer.from_pretrained(str(cached))
-        else:
-            gguf = smollm2_gguf_path()
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        tok.padding_side = "left"
-        return tok
+            return _left_padded(AutoTokenizer.from_pretrained(str(cached)))
+        gguf = smollm2_gguf_path()
+        return _left_padded(AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
 
     def build(self, tokenizer):
         """Dequantise once into a cached safetensors folder (~15 s); later loads take ~1 s."""

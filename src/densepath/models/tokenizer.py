@@ -77,9 +77,8 @@ def train_bpe_tokenizer(
     The cache key hashes the corpus and the settings, so a changed task generator retrains.
     """
     texts = list(texts)
-    key = hashlib.sha256(json.dumps({"v": 1, "vocab_size": vocab_size, "texts": texts}).encode()).hexdigest()[
-        :16
-    ]
+    payload = json.dumps({"v": 1, "vocab_size": vocab_size, "texts": texts})
+    key = hashlib.sha256(payload.encode()).hexdigest()[:16]
     target = Path(cache_dir) / f"bpe-{key}" if cache_dir is not None else None
     if target is not None and (target / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(str(target))
@@ -87,11 +86,11 @@ def train_bpe_tokenizer(
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = _bpe_pre_tokenizer()
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    alphabet = [c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"]
+    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789▁")
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=alphabet + ["▁"],
+        initial_alphabet=alphabet,
         min_frequency=2,
         show_progress=False,
     )
@@ -111,9 +110,7 @@ def train_bpe_tokenizer(
 
 def symbol_tokenizer(symbols: list[str]) -> PreTrainedTokenizerFast:
     """A fixed word-level tokenizer: special tokens plus one token per symbol (known_reward)."""
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    for s in symbols:
-        vocab[s] = len(vocab)
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *symbols])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces

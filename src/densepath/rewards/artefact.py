@@ -3,16 +3,11 @@
 Why a file: reward recovery is a stage of its own; later stages (probes, heatmaps, training
 from a fixed reward) read this instead of re-scoring with the models.
 
-Schema (``SCHEMA``), one row per response:
-
-| column            | type            | meaning                                                   |
-|-------------------|-----------------|-----------------------------------------------------------|
-| ``prompt_ids``    | list<int32>     | prompt token ids                                          |
-| ``response_ids``  | list<int32>     | response token ids (incl. EOS if generated)               |
-| ``rewards``       | list<float32>   | dense per-token reward, aligned with ``response_ids``     |
-| ``source``        | string          | policy that produced the response: "demo", "corrupted", "expert", "sft", "dpr", ... |
-| ``family``        | string          | task family                                               |
-| ``sequence_reward`` | float32       | sum of ``rewards`` (accumulated in float64)               |
+Schema (``SCHEMA``), one row per response: ``prompt_ids`` list<int32>; ``response_ids``
+list<int32> (incl. EOS if generated); ``rewards`` list<float32>, the dense per-token reward
+aligned with ``response_ids``; ``source`` string, the policy that produced the response ("demo",
+"corrupted", "expert", "sft", "dpr", ...); ``family`` string; ``sequence_reward`` float32, the
+sum of ``rewards`` (accumulated in float64).
 
 Writes are atomic (tmp file in the same directory + ``os.replace``), so a crashed run never
 leaves a half-written artefact under the final name.
@@ -47,7 +42,7 @@ SCHEMA: pa.Schema = pa.schema(
 )
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[str], Any]) -> Path:
     """Run ``write(tmp_path)`` then rename over ``path``; remove the tmp file on any failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -62,26 +57,15 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-def _validate(
-    prompt_ids: list[list[int]],
-    response_ids: list[list[int]],
-    rewards: list[list[float]],
-    source: list[str],
-    family: list[str],
-) -> None:
+def _validate(response_ids: list[list[int]], others: dict[str, list]) -> None:
     """Raise naming the column or row that is misaligned or holds a non-finite reward."""
     n = len(response_ids)
-    for name, col in (
-        ("prompt_ids", prompt_ids),
-        ("rewards", rewards),
-        ("source", source),
-        ("family", family),
-    ):
+    for name, col in others.items():
         if len(col) != n:
             raise ValueError(
                 f"{name} has {len(col)} rows but response_ids has {n}; pass one entry per response."
             )
-    for i, (ids, rew) in enumerate(zip(response_ids, rewards)):
+    for i, (ids, rew) in enumerate(zip(response_ids, others["rewards"])):
         if len(ids) != len(rew):
             raise ValueError(
                 f"row {i}: response_ids has {len(ids)} tokens but rewards has {len(rew)}; "
@@ -102,20 +86,19 @@ def write_reward_parquet(
     family: list[str],
 ) -> Path:
     """Validate and atomically write the reward artefact (see module docstring for the schema)."""
-    _validate(prompt_ids, response_ids, rewards, source, family)
-    seq = [float(np.sum(np.asarray(r, dtype=np.float64))) for r in rewards]
-    table = pa.table(
-        {
-            "prompt_ids": [[int(t) for t in p] for p in prompt_ids],
-            "response_ids": [[int(t) for t in r] for r in response_ids],
-            "rewards": [[float(v) for v in r] for r in rewards],
-            "source": [str(s) for s in source],
-            "family": [str(f) for f in family],
-            "sequence_reward": seq,
-        },
-        schema=SCHEMA,
+    _validate(
+        response_ids, {"prompt_ids": prompt_ids, "rewards": rewards, "source": source, "family": family}
     )
-    out = _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+    columns = {
+        "prompt_ids": [[int(t) for t in p] for p in prompt_ids],
+        "response_ids": [[int(t) for t in r] for r in response_ids],
+        "rewards": [[float(v) for v in r] for r in rewards],
+        "source": [str(s) for s in source],
+        "family": [str(f) for f in family],
+        "sequence_reward": [float(np.sum(np.asarray(r, dtype=np.float64))) for r in rewards],
+    }
+    table = pa.table(columns, schema=SCHEMA)
+    out = atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
     log.info("wrote %d reward rows to %s", table.num_rows, out)
     return out
 
@@ -138,9 +121,7 @@ def _json_default(obj: Any) -> Any:
     """Make paths and numpy scalars/arrays JSON-serialisable; refuse anything else loudly."""
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
+    if isinstance(obj, np.generic | np.ndarray):
         return obj.tolist()
     raise TypeError(
         f"manifest value of type {type(obj).__name__} is not JSON-serialisable; convert it first."
@@ -150,9 +131,4 @@ def _json_default(obj: Any) -> Any:
 def write_manifest(path: str | os.PathLike, info: dict) -> Path:
     """Write ``info`` as sorted-key JSON atomically; returns the path."""
     text = json.dumps(info, sort_keys=True, indent=2, default=_json_default) + "\n"
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    return _atomic_write(Path(path), _write)
+    return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -12,7 +12,7 @@ that share the policy's parameters).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -26,10 +26,6 @@ class SampleBatch:
     finished: torch.Tensor  # (B*k,) bool: ended with EOS (False = truncated at max_new_tokens)
     k: int  # samples per prompt; rows are prompt-major (row i = prompt i // k)
 
-    @property
-    def lengths(self) -> torch.Tensor:  # (B*k,)
-        return self.response_mask.sum(-1)
-
     def to(self, device) -> SampleBatch:
         return SampleBatch(
             self.prompt_ids.to(device),
@@ -42,16 +38,14 @@ class SampleBatch:
 
 
 class Sampler(Protocol):
-    def generate(
-        self,
-        model,
-        prompts: list[list[int]],
-        *,
-        k: int = 1,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        greedy: bool = False,
-    ) -> SampleBatch: ...
+    """What evaluation and RL call on a sampler (`HFSampler` is the in-process implementation).
+
+    ``generate(model, prompts, *, k=1, max_new_tokens=None, temperature=None, greedy=False)``
+    draws k responses for every prompt (token id lists) and returns them as a `SampleBatch`,
+    rows prompt-major; None means the sampler's configured value, ``greedy`` takes the argmax.
+    """
+
+    def generate(self, model, prompts: list[list[int]], **kwargs: Any) -> SampleBatch: ...
 
     def sync_weights(self, model) -> None: ...
 

@@ -64,21 +64,12 @@ class HFSampler:
         model.eval()
         device = next(model.parameters()).device
         chunk = max(1, self.batch_size // max(1, k))
-        parts = []
+        args = (k, max_new, temp, greedy, min_new_tokens, device)
         try:
-            for start in range(0, len(prompts), chunk):
-                parts.append(
-                    self._generate_chunk(
-                        model,
-                        prompts[start : start + chunk],
-                        k,
-                        max_new,
-                        temp,
-                        greedy,
-                        min_new_tokens,
-                        device,
-                    )
-                )
+            parts = [
+                self._generate_chunk(model, prompts[s : s + chunk], *args)
+                for s in range(0, len(prompts), chunk)
+            ]
         finally:
             model.train(was_training)
         return _concat(parts, self.pad_token_id, k)
@@ -99,21 +90,13 @@ class HFSampler:
 
     def _hf_generate(self, model, ids, mask, n, max_new, temp, greedy, min_new) -> torch.Tensor:
         """(b*n, T') response tokens from one `model.generate` call."""
-        kwargs = dict(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new,
-            min_new_tokens=min_new,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_id,
-            use_cache=True,
-            num_return_sequences=n,
-        )
+        kwargs = dict(max_new_tokens=max_new, min_new_tokens=min_new, num_return_sequences=n, use_cache=True)
+        kwargs.update(pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
         if greedy:
             kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
         else:
             kwargs.update(do_sample=True, temperature=temp, top_k=0, top_p=self.top_p)
-        return model.generate(**kwargs)[:, ids.shape[1] :]
+        return model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1] :]
 
     def _decode_loop(self, model, ids, mask, k, max_new, temp, greedy, min_new) -> torch.Tensor:
         """(b*k, T') response tokens, prompt-major; rows that finished carry pad after their EOS."""
@@ -122,15 +105,9 @@ class HFSampler:
         b, P = ids.shape
         cache = DynamicCache()
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens at positions 0..len-1
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits = out.logits[:, -1].float()  # (b, V)
+        kv = dict(cache=cache, use_cache=True)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, **kv).logits
+        logits = logits[:, -1].float()  # (b, V)
         if k > 1:  # one prefill per prompt, then its cache and next-token logits serve all k samples
             cache.batch_repeat_interleave(k)
             logits = logits.repeat_interleave(k, 0)
@@ -154,11 +131,7 @@ class HFSampler:
             if t == max_new - 1 or bool(done.all()):
                 return tokens[:, : t + 1]
             out = model(
-                input_ids=nxt[:, None],
-                attention_mask=attn[:, : P + t + 1],
-                position_ids=next_pos + t,
-                cache=cache,
-                use_cache=True,
+                input_ids=nxt[:, None], attention_mask=attn[:, : P + t + 1], position_ids=next_pos + t, **kv
             )
             logits = out.logits[:, -1].float()
         return tokens
@@ -172,10 +145,7 @@ def _concat(parts: list[SampleBatch], pad_id: int, k: int) -> SampleBatch:
 
     def pad(x, width, value, left):
         extra = width - x.shape[1]
-        if extra == 0:
-            return x
-        fill = torch.full((x.shape[0], extra), value, dtype=x.dtype, device=x.device)
-        return torch.cat([fill, x] if left else [x, fill], 1)
+        return torch.nn.functional.pad(x, (extra, 0) if left else (0, extra), value=value)
 
     return SampleBatch(
         torch.cat([pad(p.prompt_ids, P, pad_id, True) for p in parts]),

@@ -1,0 +1,311 @@
+"""The task families of `data=toy` (overview in :mod:`densepath.data.toy`).
+
+A family draws the fields of one example (`draw`); the shared base picks a prompt and a response
+phrasing at random from the tables below, checks a response without ever raising (`verify`), and
+replaces ONE checked payload character by a different one of the same class (`corrupt`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_UPPER = _LOWER.upper()
+_DIGITS = "0123456789"
+
+
+@dataclass(frozen=True)
+class Example:
+    family: str  # e.g. "add"
+    prompt: str  # the user message text
+    response: str  # one expert demonstration (a phrasing chosen at random)
+    meta: dict  # the ground truth the verifier needs, JSON-serialisable
+
+
+class TaskFamily(Protocol):
+    name: str
+
+    def sample(self, rng: random.Random) -> Example: ...
+
+    def verify(self, meta: dict, response: str) -> bool: ...
+
+    def corrupt(self, meta: dict, response: str, rng: random.Random) -> tuple[str, int]: ...
+
+
+def _spaced(chars: str) -> str:
+    """'abc' -> 'a b c': one payload character per whitespace chunk, hence per token."""
+    return " ".join(chars)
+
+
+def _chars(rng: random.Random, pool: str, lo: int, hi: int) -> str:
+    """A string of rng.randint(lo, hi) characters drawn from `pool` (the length is drawn first)."""
+    return "".join(rng.choice(pool) for _ in range(rng.randint(lo, hi)))
+
+
+def _swap_char(c: str, rng: random.Random, avoid: set[str] = frozenset()) -> str:
+    """A different character of the same class as `c` (digit/lower/upper), not in `avoid`."""
+    pool = _DIGITS if c.isdigit() else _LOWER if c.islower() else _UPPER
+    return rng.choice([x for x in pool if x != c and x not in avoid])
+
+
+def _pick_run(pattern: re.Pattern, text: str, prefer_long: bool) -> re.Match | None:
+    """The answer is the LAST run of space-separated single characters; letter families prefer
+    runs of >= 2 chars so that a stray article ('a', 'I') in the wording is not taken as the answer."""
+    runs = list(pattern.finditer(text))
+    if prefer_long:
+        runs = [m for m in runs if len(m.group(0).split()) >= 2] or runs
+    return runs[-1] if runs else None
+
+
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9](?: +[0-9])*(?![0-9A-Za-z])")
+_LOWER_RUN = re.compile(r"(?<![0-9A-Za-z])[a-z](?: +[a-z])*(?![0-9A-Za-z])")
+_UPPER_RUN = re.compile(r"(?<![0-9A-Za-z])[A-Z](?: +[A-Z])*(?![0-9A-Za-z])")
+
+# The phrasings of every family: each example draws one prompt and one response template.
+_PROMPTS: dict[str, tuple[str, ...]] = {
+    "add": (
+        "Add the reversed numbers: {a} + {b}",
+        "Reversed digits, add: {a} + {b}",
+        "Sum the reversed numbers {a} and {b}.",
+    ),
+    "sort": (
+        "Sort ascending: {d}",
+        "Sort these digits from low to high: {d}",
+        "Put in increasing order: {d}",
+    ),
+    "reverse": ("Reverse the letters: {s}", "Write backwards: {s}", "Reverse this sequence: {s}"),
+    "count": (
+        "How many times does {c} occur in: {s}?",
+        "Count the letter {c} in: {s}",
+        "In {s}, how often is {c}?",
+    ),
+    "upper": ("Write in uppercase: {s}", "Capitalise every letter: {s}", "Copy in capitals: {s}"),
+    "words": (
+        "Describe {topic} in exactly {n} words, using only: {ws}",
+        "Answer in exactly {n} words about {topic}. Allowed words: {ws}",
+        "Use {n} words from {ws} to talk about {topic}.",
+    ),
+    "json": (
+        'Reply as JSON with key "{k}" and value "{v}".',
+        "Return a JSON object: key {k}, value {v}.",
+        'Give JSON where "{k}" maps to "{v}".',
+    ),
+}
+_ANSWER_TEMPLATES = ("{p}", "Answer: {p}", "The answer is {p}.", "Result = {p}")
+_RESPONSES: dict[str, tuple[str, ...]] = {
+    "add": _ANSWER_TEMPLATES + ("Sum: {p}",),
+    "sort": _ANSWER_TEMPLATES + ("Sorted: {p}",),
+    "reverse": _ANSWER_TEMPLATES + ("Reversed: {p}",),
+    "count": _ANSWER_TEMPLATES + ("{c} occurs {p} times.",),
+    "upper": _ANSWER_TEMPLATES + ("Uppercase: {p}",),
+    "words": ("{p}", "{p}.", "Answer: {p}", "Here: {p}"),
+    "json": ("{j}", "JSON: {j}", "Here is the JSON: {j}", "Sure: {j}"),
+}
+
+
+class _Family:
+    """What every family shares: phrasing, the never-raising verifier and the corruption.
+
+    A family defines `draw(rng)` -> (prompt template fields, response template fields, meta),
+    `check(meta, response)` -> bool (may raise on garbage: `verify` turns that into False) and
+    `corrupt_at(meta, response, rng)` -> (index of the payload char to replace, chars it must not become).
+    """
+
+    name: str = ""
+
+    def sample(self, rng: random.Random) -> Example:
+        prompt_fields, response_fields, meta = self.draw(rng)
+        prompt = rng.choice(_PROMPTS[self.name]).format(**prompt_fields)
+        response = rng.choice(_RESPONSES[self.name]).format(**response_fields)
+        return Example(self.name, prompt, response, meta)
+
+    def verify(self, meta: dict, response: str) -> bool:
+        try:
+            return self.check(meta, response)
+        except Exception:  # garbage in -> not a success, never a crash
+            return False
+
+    def corrupt(self, meta: dict, response: str, rng: random.Random) -> tuple[str, int]:
+        if not self.verify(meta, response):
+            raise ValueError(
+                f"{self.name}.corrupt: response {response!r} does not verify; corrupt a correct one"
+            )
+        idx, avoid = self.corrupt_at(meta, response, rng)
+        return response[:idx] + _swap_char(response[idx], rng, avoid) + response[idx + 1 :], idx
+
+
+class _RunFamily(_Family):
+    """Families whose answer is one run of space-separated single chars compared exactly; they define
+    `draw_answer(rng)` -> (template fields, meta with the unspaced payload as 'answer')."""
+
+    run_pattern: re.Pattern = _DIGIT_RUN
+    prefer_long: bool = False
+
+    def draw(self, rng: random.Random) -> tuple[dict, dict, dict]:
+        fields, meta = self.draw_answer(rng)
+        return fields, {"p": _spaced(meta["answer"]), **fields}, meta
+
+    def _match(self, response: str) -> re.Match | None:
+        return _pick_run(self.run_pattern, response, self.prefer_long)
+
+    def check(self, meta: dict, response: str) -> bool:
+        m = self._match(response)
+        return m is not None and "".join(m.group(0).split()) == meta["answer"]
+
+    def corrupt_at(self, meta: dict, response: str, rng: random.Random) -> tuple[int, set[str]]:
+        m = self._match(response)
+        return rng.choice([m.start() + i for i, c in enumerate(m.group(0)) if not c.isspace()]), set()
+
+
+class AddFamily(_RunFamily):
+    """3-digit addition, all numbers written least-significant digit first (learnable carry order)."""
+
+    name = "add"
+
+    def draw_answer(self, rng: random.Random) -> tuple[dict, dict]:
+        a, b = rng.randint(100, 999), rng.randint(100, 999)
+        ra, rb, rs = str(a)[::-1], str(b)[::-1], str(a + b)[::-1]
+        return {"a": _spaced(ra), "b": _spaced(rb)}, {"a": a, "b": b, "answer": rs}
+
+
+class SortFamily(_RunFamily):
+    name = "sort"
+
+    def draw_answer(self, rng: random.Random) -> tuple[dict, dict]:
+        digits = _chars(rng, _DIGITS, 5, 6)
+        return {"d": _spaced(digits)}, {"digits": digits, "answer": "".join(sorted(digits))}
+
+
+class CountFamily(_RunFamily):
+    """Count a letter's occurrences; counts are kept to 0..9 so the answer is one digit token."""
+
+    name = "count"
+
+    def draw_answer(self, rng: random.Random) -> tuple[dict, dict]:
+        c = rng.choice(_LOWER)
+        n = rng.randint(6, 10)
+        # bias toward the target letter so counts are not almost always 0
+        s = "".join(c if rng.random() < 0.3 else rng.choice(_LOWER) for _ in range(n))
+        if s.count(c) > 9:
+            s = s[:-1]
+        return {"c": c, "s": _spaced(s)}, {"letter": c, "text": s, "answer": str(s.count(c))}
+
+
+class LettersFamily(_RunFamily):
+    """A random lower-case string {s} to be written out transformed (reversed, upper-cased)."""
+
+    prefer_long = True
+
+    def __init__(
+        self, name: str, lengths: tuple[int, int], transform: Callable[[str], str], run_pattern: re.Pattern
+    ) -> None:
+        self.name, self.lengths, self.transform, self.run_pattern = name, lengths, transform, run_pattern
+
+    def draw_answer(self, rng: random.Random) -> tuple[dict, dict]:
+        s = _chars(rng, _LOWER, *self.lengths)
+        return {"s": _spaced(s)}, {"text": s, "answer": self.transform(s)}
+
+
+_TOPICS: dict[str, tuple[str, ...]] = {
+    topic: tuple(words.split())
+    for topic, words in {
+        "the sea": "wave salt blue deep fish sand tide shell foam reef boat gull",
+        "a forest": "tree leaf moss root bark fern owl pine deer oak shade trail",
+        "a city": "road car tower crowd noise light bus shop bridge park street train",
+        "space": "star moon orbit comet dark planet rocket void sun galaxy dust cold",
+        "winter": "snow ice cold frost wind white sled scarf fire storm hail quiet",
+        "food": "bread rice soup apple cheese salt honey pie bean corn milk egg",
+    }.items()
+}
+_WORD_TOKEN = re.compile(r"\S+")
+_STRIP = ".,;!?\"'()[]"
+
+
+class WordsFamily(_Family):
+    """Multi-answer family: exactly N words, each from the listed allowed words (any order, any choice).
+
+    The allowed list makes a one-letter corruption well defined (the word leaves the list) and
+    gives a large prompt space (subsets x orders) so splits can be disjoint."""
+
+    name = "words"
+
+    def draw(self, rng: random.Random) -> tuple[dict, dict, dict]:
+        topic = rng.choice(sorted(_TOPICS))
+        allowed = rng.sample(_TOPICS[topic], 6)
+        n = rng.randint(3, 6)
+        words = rng.sample(allowed, n)
+        meta = {"topic": topic, "n": n, "allowed": allowed}
+        return {"topic": topic, "n": n, "ws": " ".join(allowed)}, {"p": " ".join(words)}, meta
+
+    @staticmethod
+    def _content(response: str) -> list[re.Match]:
+        """Word chunks after the last ':' (the wording before a colon is framing, not content)."""
+        start = response.rfind(":") + 1
+        return [m for m in _WORD_TOKEN.finditer(response, start) if m.group(0).strip(_STRIP)]
+
+    def check(self, meta: dict, response: str) -> bool:
+        allowed = {w.lower() for w in meta["allowed"]}
+        words = [m.group(0).strip(_STRIP).lower() for m in self._content(response)]
+        return len(words) == int(meta["n"]) and all(w in allowed for w in words)
+
+    def corrupt_at(self, meta: dict, response: str, rng: random.Random) -> tuple[int, set[str]]:
+        allowed = {w.lower() for w in meta["allowed"]}
+        m = rng.choice(self._content(response))
+        idx = rng.choice([m.start() + i for i, c in enumerate(m.group(0)) if c.isalpha()])
+        off = idx - m.start()
+        word = m.group(0)
+        # forbid replacements that would turn the word into another allowed word
+        avoid = {
+            c for c in _LOWER + _UPPER if (word[:off] + c + word[off + 1 :]).strip(_STRIP).lower() in allowed
+        }
+        return idx, avoid
+
+
+_JSON_KEYS = ("name", "color", "city", "code", "word", "tag", "label", "pet")
+_JSON_VALUE = re.compile(r':\s*"([^"\\]*)"')
+
+
+class JsonFamily(_Family):
+    """Reply as a one-key JSON object; the value's letters are space-separated (one token each)."""
+
+    name = "json"
+
+    def draw(self, rng: random.Random) -> tuple[dict, dict, dict]:
+        k = rng.choice(_JSON_KEYS)
+        letters = _chars(rng, _LOWER, 3, 6)
+        v = _spaced(letters)
+        return {"k": k, "v": v}, {"j": json.dumps({k: v})}, {"key": k, "value": letters}
+
+    def check(self, meta: dict, response: str) -> bool:
+        i, j = response.find("{"), response.rfind("}")
+        if i < 0 or j < i:
+            return False
+        obj = json.loads(response[i : j + 1])
+        if not isinstance(obj, dict) or list(obj) != [meta["key"]]:
+            return False
+        value = obj[meta["key"]]
+        return isinstance(value, str) and value in (meta["value"], _spaced(meta["value"]))
+
+    def corrupt_at(self, meta: dict, response: str, rng: random.Random) -> tuple[int, set[str]]:
+        m = list(_JSON_VALUE.finditer(response))[-1]
+        return rng.choice([m.start(1) + i for i, c in enumerate(m.group(1)) if c.isalpha()]), set()
+
+
+# The order is the round-robin order of `make_splits`: changing it changes every split.
+FAMILIES: dict[str, TaskFamily] = {
+    f.name: f
+    for f in (
+        AddFamily(),
+        SortFamily(),
+        LettersFamily("reverse", (5, 8), lambda s: s[::-1], _LOWER_RUN),
+        CountFamily(),
+        WordsFamily(),
+        JsonFamily(),
+        LettersFamily("upper", (4, 7), str.upper, _UPPER_RUN),
+    )
+}

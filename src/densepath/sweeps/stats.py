@@ -1,0 +1,104 @@
+"""The general statistics of seed sweeps, on ``scipy.stats``: Student-t intervals, paired
+differences with a paired-t p-value, Holm's correction and the smallest detectable paired effect.
+
+`densepath-aggregate` (:mod:`densepath.sweeps.aggregate`) and the study reports under
+``experiments/`` use them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+CI_LEVEL = 0.95
+
+
+def student_t_ppf(p: float, df: float) -> float:
+    """Quantile of Student's t: the t with P(T <= t) = p (``scipy.stats.t.ppf``).
+
+    The arguments are checked first: scipy answers NaN or +-inf for p or df out of range, which
+    would pass silently into a table.
+    """
+    from scipy import stats  # imported here so that `densepath-aggregate --help` stays fast
+
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"quantile level p must be in (0, 1), got p={p}")
+    if df <= 0:
+        raise ValueError(f"Student t needs df > 0 (df = n - 1 for n >= 2 values), got df={df}")
+    return float(stats.t.ppf(p, df))
+
+
+def t_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float]:
+    """(mean, half-width) of the two-sided Student-t interval for the mean of `values`.
+
+    The half-width is t_{(1+level)/2, n-1} * sd(ddof=1) / sqrt(n); it is NaN for n < 2 (one
+    seed gives no spread estimate) and the mean is NaN for n = 0.
+    """
+    x = np.asarray(values, dtype=np.float64)  # (n,)
+    n = x.size
+    if n == 0:
+        return math.nan, math.nan
+    mean = float(x.mean())
+    if n < 2:
+        return mean, math.nan
+    sd = float(x.std(ddof=1))
+    return mean, student_t_ppf(0.5 * (1.0 + level), n - 1) * sd / math.sqrt(n)
+
+
+def seed_sort_key(seed: str | None) -> tuple[int, float, str]:
+    """Seeds sort numerically when they are numbers, else as strings; a missing seed goes last."""
+    if seed is None:
+        return (2, 0.0, "")
+    try:
+        return (0, float(seed), seed)
+    except ValueError:
+        return (1, 0.0, seed)
+
+
+def paired_differences(
+    a: Mapping[str, float], b: Mapping[str, float], level: float = CI_LEVEL
+) -> dict[str, Any]:
+    """a - b over the seeds present in both: n, seeds, mean, t-interval (ci95 half-width, lo, hi),
+    the two-sided paired-t p-value and the sd of the differences.
+
+    Pairing by seed removes the seed-to-seed variance both runs share, which is usually most of it.
+    Seeds whose value is not finite on either side are listed in ``seeds`` but not counted in n.
+    """
+    seeds = sorted(set(a) & set(b), key=seed_sort_key)
+    d = np.array([a[s] - b[s] for s in seeds if math.isfinite(a[s]) and math.isfinite(b[s])])  # (n,)
+    n = len(d)
+    mean, half = t_interval(d, level)
+    out = {"n": n, "seeds": seeds, "mean": mean, "ci95": half, "lo": mean - half, "hi": mean + half}
+    if n < 2:
+        return {**out, "p": math.nan, "sd": math.nan}
+    from scipy import stats
+
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        p = 0.0 if mean != 0 else 1.0
+    else:
+        p = min(1.0, 2.0 * float(stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)))
+    return {**out, "p": p, "sd": sd}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values (NaN stays NaN; monotone; capped at 1)."""
+    order = sorted((i for i, p in enumerate(pvalues) if math.isfinite(p)), key=lambda i: pvalues[i])
+    adj = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * pvalues[i]))
+        adj[i] = running
+    return adj
+
+
+def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest paired mean difference a two-sided paired t-test with n pairs detects with the given
+    power, for the observed sd of the differences (noncentral t approximated by a shifted central t)."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    df = n - 1
+    return (student_t_ppf(1 - alpha / 2, df) + student_t_ppf(power, df)) * sd / math.sqrt(n)
