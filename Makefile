@@ -38,6 +38,7 @@ demo: install
 	$(VENV)/bin/densepath $(ARGS)
 
 test: install-dev
+	$(VENV)/bin/lint-imports   # the layer contract in pyproject.toml ([tool.importlinter])
 	$(PY) -m pytest -q --timeout=1800 tests
 
 test-fast: install-dev

@@ -148,12 +148,13 @@ def _fixed_length_sampler(tokenizer, max_new_tokens: int):
 def build_reward(sft, base):
     """The densepath scorer over two frozen models: dense ``log pi_SFT - log pi_base``."""
     from densepath.rewards.baselines import SnapshotBaseline, freeze
-    from densepath.rewards.dense import DenseReward, RewardSpec
+    from densepath.rewards.dense import DenseReward
+    from densepath.rewards.formulations import LogRatio
 
     baseline = SnapshotBaseline(fraction=0.5)
     baseline.model = freeze(base)
     baseline.name = "bench_base"
-    return DenseReward(RewardSpec(name="log_ratio"), freeze(sft), baseline)
+    return DenseReward(LogRatio(), freeze(sft), baseline)
 
 
 class DtypeProbe:
@@ -387,9 +388,15 @@ def run(cfg: RLBenchConfig) -> dict:
     trl_reward_model = build_reward(trl_sft, trl_base)
     sampler = _fixed_length_sampler(tok, cfg.max_new_tokens)
     module = RLModule(
-        policy_dp, reward, sampler, prompt_ids, k=cfg.k, lr=cfg.lr, kl="k3", kl_coef=cfg.kl_coef,
-        max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-    )  # fmt: skip
+        policy_dp,
+        reward,
+        sampler,
+        prompt_ids,
+        k=cfg.k,
+        lr=cfg.lr,
+        kl="k3",
+        kl_coef=cfg.kl_coef,
+    )  # fmt: skip (decoding: the sampler's max_new_tokens and temperature 1)
     timings: dict = defaultdict(float)
     reward_fn = make_trl_reward(trl_reward_model, prompt_ids, tok.pad_token_id, cfg.precision, timings)
     dataset = Dataset.from_list(

@@ -150,7 +150,7 @@ def run_dpr_only(rcfg) -> tuple[list[dict], int]:
     )
     module = RLModule(
         policy, reward, rl._fixed_length_sampler(tok, rcfg.max_new_tokens), prompt_ids, k=rcfg.k, lr=rcfg.lr,
-        kl="k3", kl_coef=rcfg.kl_coef, max_new_tokens=rcfg.max_new_tokens,
+        kl="k3", kl_coef=rcfg.kl_coef,
     )  # fmt: skip
     recs = rl.run_densepath_block(rcfg, module, n_prompts, 0)[1:]
     mean_prompt = sum(map(len, prompt_ids)) / len(prompt_ids)

@@ -58,12 +58,13 @@ def good(i: int) -> str:
 
 
 def sft_on_jsonl(lines: list[str] | bytes, name: str = "bad.jsonl") -> Callable[[Path, Path], None]:
-    """A tiny `algo=sft data=jsonl` run on a file with these lines, into a fresh run dir."""
+    """A tiny `pipeline=sft data=jsonl` run on a file with these lines, into a fresh run dir."""
 
     def call(sft_run: Path, tmp: Path) -> None:
         f = tmp / "in" / name
         run_cfg(
-            [*TINY, "algo=sft", "data=jsonl", f"data.path={f}", f"data.cache_dir={tmp / 'cache'}"], tmp / "r"
+            [*TINY, "pipeline=sft", "data=jsonl", f"data.path={f}", f"data.cache_dir={tmp / 'cache'}"],
+            tmp / "r",
         )
 
     call.setup = lambda tmp: write_jsonl(tmp / "in" / name, lines)  # type: ignore[attr-defined]
@@ -111,15 +112,16 @@ def _tokenizer_mismatch_baseline(sft_run, tmp):
 
 
 def _tokenizer_mismatch_sft(sft_run, tmp):
-    from densepath.rewards.dense import DenseReward, RewardSpec
+    from densepath.rewards.dense import DenseReward
+    from densepath.rewards.formulations import LogProb
 
-    DenseReward.from_sft_dir(RewardSpec("logprob", False), None, sft_run / "sft", other_tokenizer(), "cpu")
+    DenseReward.load(LogProb(), None, sft_run / "sft", other_tokenizer(), "cpu")
 
 
 def _bad_reward_name(sft_run, tmp):
     from hydra.utils import instantiate
 
-    instantiate(compose_cfg(["reward.name=log_ration"], None).reward)
+    instantiate(compose_cfg(["reward._target_=densepath.rewards.formulations.LogRation"], None).reward)
 
 
 def _hf_missing_column(sft_run, tmp):
@@ -210,13 +212,13 @@ TABLE: list[Case] = [
     ),
     Case(
         "data_file_missing",
-        lambda s, t: run_cfg([*TINY, "algo=sft", "data=jsonl", f"data.path={t / 'nope.jsonl'}"], t / "r"),
+        lambda s, t: run_cfg([*TINY, "pipeline=sft", "data=jsonl", f"data.path={t / 'nope.jsonl'}"], t / "r"),
         FileNotFoundError,
         ["data.path=", "nope.jsonl does not exist", "pass data.path=/absolute/path"],
     ),
     Case(
         "data_path_is_dir",
-        lambda s, t: run_cfg([*TINY, "algo=sft", "data=jsonl", f"data.path={t}"], t / "r"),
+        lambda s, t: run_cfg([*TINY, "pipeline=sft", "data=jsonl", f"data.path={t}"], t / "r"),
         IsADirectoryError,
         ["is a directory", "pass the .jsonl file itself"],
     ),
@@ -233,13 +235,13 @@ TABLE: list[Case] = [
     # --- lengths
     Case(
         "prompt_over_max_len",
-        lambda s, t: run_cfg([*TINY, "algo=sft", "data.max_prompt_len=3"], t / "r"),
+        lambda s, t: run_cfg([*TINY, "pipeline=sft", "data.max_prompt_len=3"], t / "r"),
         ValueError,
         ["split `sft` row 0", "over data.max_prompt_len=3", "raise data.max_prompt_len"],
     ),
     Case(
         "response_over_max_len",
-        lambda s, t: run_cfg([*TINY, "algo=sft", "data.max_response_len=2"], t / "r"),
+        lambda s, t: run_cfg([*TINY, "pipeline=sft", "data.max_response_len=2"], t / "r"),
         ValueError,
         ["split `sft` row 0", "over data.max_response_len=2", "raise data.max_response_len"],
     ),
@@ -252,28 +254,34 @@ TABLE: list[Case] = [
         ["baseline/halfway", "sft_half", "sft_fraction"],
     ),
     Case(
-        "unknown_stage",
-        lambda s, t: run_cfg([*TINY, "algo.stages=[sft,dpo]"], t / "r"),
+        "unknown_pipeline",
+        lambda s, t: run_cfg([*TINY, "pipeline=dpo"], t / "r"),
+        MissingConfigException,
+        ["pipeline/dpo", "default", "dpr"],
+    ),
+    Case(
+        "stage_without_target",
+        lambda s, t: run_cfg([*TINY, "+pipeline.stages.dpo={steps: 1}"], t / "r"),
         ValueError,
-        ["algo.stages: unknown stage `dpo`", "choose from", "'dpr'"],
+        ["pipeline.stages.dpo", "no `_target_`", "+stage@pipeline.stages.dpo="],
     ),
     Case(
         "unknown_reward_name",
         _bad_reward_name,
         InstantiationException,
-        ["reward.name='log_ration'", "choose one of", "log_ratio"],
+        ["LogRation", "densepath.rewards.formulations"],
     ),
     Case(
         "bad_snapshot_fraction",
-        lambda s, t: run_cfg([*TINY, "algo=sft", "sft.snapshot_fractions=[1.5]"], t / "r"),
+        lambda s, t: run_cfg([*TINY, "pipeline=sft", "sft.snapshot_fractions=[1.5]"], t / "r"),
         ValueError,
         ["snapshot_fractions", "1.5", "not in (0, 1)"],
     ),
     Case(
         "loo_with_one_sample",
-        lambda s, t: run_cfg([*TINY, "algo=dpr", "algo.k=1", f"parent_run={s}"], t / "r"),
+        lambda s, t: run_cfg([*TINY, "pipeline=dpr", "dpr.module.k=1", f"parent_run={s}"], t / "r"),
         ValueError,
-        ["algo.advantage=loo", "algo.k >= 2"],
+        ["advantage=loo", "k >= 2", "dpr.module.k"],
     ),
     # --- checkpoints and runs
     Case(
@@ -284,7 +292,7 @@ TABLE: list[Case] = [
     ),
     Case(
         "missing_ckpt_path",
-        lambda s, t: run_cfg([*TINY, "algo=sft", f"ckpt_path={t / 'nope.ckpt'}"], t / "r"),
+        lambda s, t: run_cfg([*TINY, "pipeline=sft", f"ckpt_path={t / 'nope.ckpt'}"], t / "r"),
         FileNotFoundError,
         ["ckpt_path=", "nope.ckpt", "no such checkpoint"],
     ),
@@ -296,20 +304,20 @@ TABLE: list[Case] = [
     ),
     Case(
         "missing_parent_run",
-        lambda s, t: run_cfg([*TINY, "algo=dpr", f"parent_run={t / 'nope'}"], t / "r"),
+        lambda s, t: run_cfg([*TINY, "pipeline=dpr", f"parent_run={t / 'nope'}"], t / "r"),
         FileNotFoundError,
         ["parent_run=", "nope: no such run directory", "Pass the Hydra output dir"],
     ),
     Case(
         "parent_run_without_sft",
-        lambda s, t: run_cfg([*TINY, "algo=dpr", f"parent_run={t / 'in'}"], t / "r"),
+        lambda s, t: run_cfg([*TINY, "pipeline=dpr", f"parent_run={t / 'in'}"], t / "r"),
         FileNotFoundError,
-        ["stage `sft` has no artefacts", "Run it first (algo=sft)", "parent_run=<dir>"],
+        ["stage `sft` has no artefacts", "Run it first (pipeline=sft)", "parent_run=<dir>"],
     ),
     Case(
         "baseline_fraction_not_saved",
         lambda s, t: run_cfg(
-            [*TINY, "algo=recover", "baseline=sft_fraction", "baseline.fraction=0.3", f"parent_run={s}"],
+            [*TINY, "pipeline=recover", "baseline=sft_fraction", "baseline.fraction=0.3", f"parent_run={s}"],
             t / "r",
         ),
         FileNotFoundError,
@@ -368,12 +376,11 @@ def test_all_samples_hit_max_new_tokens_still_trains(sft_run: Path, tmp_path: Pa
     metrics = run_cfg(
         [
             *TINY,
-            "algo=dpr",
+            "pipeline=dpr",
             f"parent_run={sft_run}",
-            "algo.max_new_tokens=1",
             "sampler.max_new_tokens=1",
-            "algo.steps=2",
-            "algo.sample_table_every=0",
+            "dpr.steps=2",
+            "dpr.sample_table_every=0",
             "trainer.log_every_n_steps=1",
         ],
         run,
@@ -402,22 +409,23 @@ def _zero_row_batch(tok, t_len: int = 4):
 
 
 @pytest.mark.parametrize(
-    "name,uses_baseline,scale,clip",
+    "name,scale,clip",
     [
-        ("log_ratio", True, 1.0, None),
-        ("sparse", True, 2.0, None),
-        ("logprob", False, 1.0, 0.5),
-        ("soft_bellman", False, 1.0, None),
+        ("LogRatio", 1.0, None),
+        ("Sparse", 2.0, None),
+        ("LogProb", 1.0, 0.5),
+        ("SoftBellman", 1.0, None),
     ],
 )
-def test_zero_length_generation_scores_zero(sft_run: Path, name, uses_baseline, scale, clip):
+def test_zero_length_generation_scores_zero(sft_run: Path, name, scale, clip):
     from densepath.models.io import load_policy
+    from densepath.rewards import formulations
     from densepath.rewards.baselines import SnapshotBaseline
-    from densepath.rewards.dense import DenseReward, RewardSpec
+    from densepath.rewards.dense import DenseReward
 
     _, tok = load_policy(sft_run / "sft" / "policy")
-    spec = RewardSpec(name, uses_baseline, scale, clip)
-    reward = DenseReward.from_sft_dir(spec, SnapshotBaseline(0.5), sft_run / "sft", tok, "cpu")
+    formulation = getattr(formulations, name)(scale=scale, clip=clip)
+    reward = DenseReward.load(formulation, SnapshotBaseline(0.5), sft_run / "sft", tok, "cpu")
     pid, pm, rid, rm = _zero_row_batch(tok)
     assert rm[1].sum() == 0 and rm[0].sum() == 4
     r = reward.score(pid, pm, rid, rm)  # (2, T)
@@ -572,7 +580,7 @@ def test_wandb_down_run_still_finishes(tmp_path: Path, monkeypatch, caplog):
         metrics = run_cfg(
             [
                 *TINY,
-                "algo=sft",
+                "pipeline=sft",
                 "logger=wandb",
                 "sft.steps=2",
                 "sft.val_every=2",
@@ -605,7 +613,7 @@ def test_crashing_job_writes_error_json(tmp_path: Path):
             "densepath",
             "-m",
             *TINY,
-            "algo=sft",
+            "pipeline=sft",
             "sft.snapshot_fractions=[1.5],[2.5]",
             f"data.cache_dir={tmp_path / 'cache'}",
             f"hydra.sweep.dir={sweep}",
@@ -648,7 +656,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(sft_run: Path, tmp_path: 
         run_cfg(
             [
                 *TINY,
-                "algo=sft",
+                "pipeline=sft",
                 "max_bad_steps=2",
                 "checkpoint.every_n_steps=1",
                 "checkpoint.keep_last=20",
@@ -680,5 +688,5 @@ def test_bad_input_into_an_existing_run_dir_keeps_its_outputs(tmp_path: Path):
     (run / "manifest.json").write_text('{"config_hash": "abc"}\n')
     before = tree_hashes(run)
     with pytest.raises((FileNotFoundError, FileExistsError)):
-        run_cfg([*TINY, "algo=sft", "data=jsonl", f"data.path={tmp_path / 'nope.jsonl'}"], run)
+        run_cfg([*TINY, "pipeline=sft", "data=jsonl", f"data.path={tmp_path / 'nope.jsonl'}"], run)
     assert tree_hashes(run) == before

@@ -35,13 +35,13 @@ def test_unknown_group_option_lists_the_choices():
 
 def test_missing_parent_run(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="parent_run=.*no such run directory"):
-        run_cfg(["debug=tiny", "algo=dpr", f"parent_run={tmp_path / 'nope'}"], tmp_path / "r")
+        run_cfg(["debug=tiny", "pipeline=dpr", f"parent_run={tmp_path / 'nope'}"], tmp_path / "r")
 
 
 def test_parent_run_without_sft_artefacts(tmp_path: Path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"stage `sft` has no artefacts.*algo=sft"):
-        run_cfg(["debug=tiny", "algo=dpr", f"parent_run={tmp_path / 'empty'}"], tmp_path / "r")
+    with pytest.raises(FileNotFoundError, match=r"stage `sft` has no artefacts.*pipeline=sft"):
+        run_cfg(["debug=tiny", "pipeline=dpr", f"parent_run={tmp_path / 'empty'}"], tmp_path / "r")
 
 
 def test_missing_checkpoint_file(sft_run: Path, tmp_path: Path):
@@ -57,7 +57,7 @@ def test_baseline_fraction_not_saved_lists_saved_ones(sft_run: Path, tmp_path: P
         run_cfg(
             [
                 "debug=tiny",
-                "algo=recover",
+                "pipeline=recover",
                 "baseline=sft_fraction",
                 "baseline.fraction=0.3",
                 f"parent_run={sft_run}",
@@ -82,7 +82,7 @@ def test_prompt_longer_than_max_names_row_and_fix(tmp_path: Path):
     with pytest.raises(
         ValueError, match=r"split `sft` row 0: prompt is \d+ tokens, over data.max_prompt_len=3"
     ):
-        run_cfg(["debug=tiny", "algo=sft", "data.max_prompt_len=3"], tmp_path / "r")
+        run_cfg(["debug=tiny", "pipeline=sft", "data.max_prompt_len=3"], tmp_path / "r")
 
 
 def test_empty_split(tmp_path: Path):
@@ -94,14 +94,18 @@ def test_empty_split(tmp_path: Path):
 
 def test_bad_snapshot_fraction(tmp_path: Path):
     with pytest.raises(ValueError, match="snapshot_fractions.*not in \\(0, 1\\)"):
-        run_cfg(["debug=tiny", "algo=sft", "sft.snapshot_fractions=[1.5]"], tmp_path / "r")
+        run_cfg(["debug=tiny", "pipeline=sft", "sft.snapshot_fractions=[1.5]"], tmp_path / "r")
 
 
-def test_unknown_stage_name(tmp_path: Path):
-    with pytest.raises(ValueError, match="unknown stage `dpo`"):
-        run_cfg(["debug=tiny", "algo.stages=[sft,dpo]"], tmp_path / "r")
+def test_unknown_pipeline_name(tmp_path: Path):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="pipeline/dpo"):
+        run_cfg(["debug=tiny", "pipeline=dpo"], tmp_path / "r")
 
 
 def test_model_hf_missing_path(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="model.path=.*no such directory"):
-        run_cfg(["debug=tiny", "algo=sft", "model=hf", f"model.path={tmp_path / 'nothing'}"], tmp_path / "r")
+        run_cfg(
+            ["debug=tiny", "pipeline=sft", "model=hf", f"model.path={tmp_path / 'nothing'}"], tmp_path / "r"
+        )

@@ -86,7 +86,7 @@ def test_messages_file_splits_disjoint_deterministic_cover(msgs_file, tmp_path):
     assert [m["role"] for m in task.messages(r)] == ["system", "user", "assistant", "user"]
     assert r["prompt"] == task.messages(r)[-1]["content"] and r["prompt"].startswith("say")
     assert r["family"] == "chat" and task.score(s["eval"], ["x"] * len(s["eval"])) == {}
-    assert task.has_verifier is False and task.headline == "nll"
+    assert task.verifiable is False and task.headline == "nll" and task.higher_is_better is False
 
 
 def test_prompt_response_file_and_family(tmp_path):
@@ -354,7 +354,7 @@ def test_end_to_end_tiny_sft_on_jsonl(msgs_file, tmp_path):
     cfg = _compose(
         [
             "debug=tiny",
-            "algo=pipeline",
+            "pipeline=default",
             "data=jsonl",
             f"data.path={msgs_file}",
             f"data.cache_dir={tmp_path}",

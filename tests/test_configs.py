@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from conftest import CONF, compose_cfg, run_cfg
 
@@ -23,7 +24,13 @@ ALL = {
         "sampler",
         "baseline",
         "reward",
-        "algo",
+        "pipeline",
+        "sft",
+        "recover",
+        "dpr",
+        "rloo",
+        "continued_sft",
+        "temperature",
         "trainer",
         "logger",
         "callbacks",
@@ -41,13 +48,15 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path):
     }
     cfg = compose_cfg([f"{group}={option}", *extra.get(f"{group}/{option}", [])], None)
     assert cfg[group] is not None if group not in ("debug", "experiment") else True
-    assert "_target_" in cfg.model and "stages" in cfg.algo
+    assert "_target_" in cfg.model and all("_target_" in st for st in cfg.pipeline.stages.values())
 
 
 def test_group_option_lists_are_the_documented_ones():
     assert ALL["baseline"] == ["base", "ensemble", "sft_fraction", "sft_half", "uniform"]
     assert ALL["reward"] == ["log_ratio", "logprob", "soft_bellman", "sparse"]
-    assert {"pipeline", "sft", "recover", "dpr", "rloo", "continued_sft"} <= set(ALL["algo"])
+    assert {"default", "sft", "recover", "dpr", "rloo", "continued_sft", "temperature"} <= set(
+        ALL["pipeline"]
+    )
     assert {"cpu", "gpu"} <= set(ALL["trainer"]) and {"csv", "wandb", "none"} <= set(ALL["logger"])
 
 
@@ -57,7 +66,7 @@ def test_every_baseline_scores(sft_run: Path, tmp_path: Path, baseline: str, rew
     run_dir = tmp_path / "r"
     over = [
         "debug=tiny",
-        "algo=recover",
+        "pipeline=recover",
         "recover.compare_all=false",
         f"baseline={baseline}",
         f"reward={reward}",
@@ -75,7 +84,9 @@ def test_every_baseline_scores(sft_run: Path, tmp_path: Path, baseline: str, rew
 @pytest.mark.parametrize("reward", ALL["reward"])
 def test_every_reward_trains_one_dpr_step(sft_run: Path, tmp_path: Path, reward: str):
     run_dir = tmp_path / "d"
-    run_cfg(["debug=tiny", "algo=dpr", f"reward={reward}", "algo.steps=1", f"parent_run={sft_run}"], run_dir)
+    run_cfg(
+        ["debug=tiny", "pipeline=dpr", f"reward={reward}", "dpr.steps=1", f"parent_run={sft_run}"], run_dir
+    )
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["dpr/train/steps"] == 1
 
@@ -84,7 +95,7 @@ def test_every_reward_trains_one_dpr_step(sft_run: Path, tmp_path: Path, reward:
 def test_loggers_run(tmp_path: Path, logger: str):
     run_dir = tmp_path / "l"
     run_cfg(
-        ["debug=tiny", "algo=sft", f"logger={logger}", "callbacks.reward_recovery.enabled=false"], run_dir
+        ["debug=tiny", "pipeline=sft", f"logger={logger}", "callbacks.reward_recovery.enabled=false"], run_dir
     )
     if logger == "csv":
         assert (run_dir / "sft" / "csv" / "metrics.csv").exists()
@@ -97,7 +108,7 @@ def test_hf_model_from_a_local_dir_runs(sft_run: Path, tmp_path: Path):
     run_cfg(
         [
             "debug=tiny",
-            "algo=sft",
+            "pipeline=sft",
             "model=hf",
             f"model.path={sft_run / 'sft' / 'policy'}",
             "callbacks.reward_recovery.enabled=false",
@@ -132,3 +143,46 @@ def test_experiment_known_reward_runs_tiny(tmp_path: Path):
     assert "dpr/eval/sampled/true_return" in m and "continued_sft/eval/sampled/true_return" in m
     man = json.loads((run_dir / "manifest.json").read_text())
     assert man["stages"]["dpr"]["baseline"] == "none"
+
+
+def test_controls_interpolate_dpr():
+    """RLOO and continued SFT read DPR's settings by interpolation: matched by construction."""
+    cfg = compose_cfg(["dpr.module.lr=3e-6", "dpr.steps=17", "dpr.module.kl_coef=0.25", "dpr.module.k=4"], None)
+    assert cfg.rloo.module.lr == 3e-6 and cfg.rloo.steps == 17
+    assert cfg.rloo.module.kl_coef == 0.25 and cfg.rloo.module.k == 4
+    assert cfg.rloo.module.sequence_level is True and cfg.dpr.module.sequence_level is False
+    assert cfg.continued_sft.steps == 17 and cfg.continued_sft.k == 4
+
+
+def test_decoding_settings_have_one_home():
+    """max_new_tokens / temperature / top_p live in the sampler only: no other node holds them."""
+    cfg = OmegaConf.to_container(compose_cfg(["experiment=known_reward"], None), resolve=True)
+    cfg.pop("sampler")
+    cfg.pop("hydra", None)
+
+    def keys(node, prefix=""):  # leaf keys only
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from keys(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    found = [k for k in keys(cfg) if k.rsplit(".", 1)[-1] in ("max_new_tokens", "temperature", "top_p")]
+    assert found == [], found
+
+
+def test_task_with_a_horizon_refuses_longer_rollouts(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"sampler.max_new_tokens=12 exceeds the horizon.*at most 9 tokens"):
+        run_cfg(["debug=tiny", "data=known_reward", "pipeline=sft"], tmp_path / "r")
+    assert not (tmp_path / "r" / "sft" / "policy").exists()  # refused before training
+
+
+def test_layer_contract_holds():
+    """`lint-imports` (import-linter, contract in pyproject.toml): every import points down a layer."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    out = subprocess.run([exe], capture_output=True, text=True, cwd=CONF.parent, check=False)
+    assert out.returncode == 0 and "1 kept, 0 broken" in out.stdout, out.stdout + out.stderr

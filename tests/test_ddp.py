@@ -15,11 +15,12 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from densepath.algos.rl import RLModule
-from densepath.callbacks.resume import ResumableLoader
 from densepath.data.formatting import encode_prompt
+from densepath.data.loader import ResumableLoader
 from densepath.models.io import load_policy
 from densepath.rewards.baselines import SnapshotBaseline
-from densepath.rewards.dense import DenseReward, RewardSpec
+from densepath.rewards.dense import DenseReward
+from densepath.rewards.formulations import LogRatio
 from densepath.sampling.base import SampleBatch
 from densepath.sampling.hf import HFSampler
 
@@ -54,9 +55,7 @@ def _build(sft_run: Path, norm: str, whiten: bool):
 
     sft_dir = sft_run / "sft"
     policy, tok = load_policy(sft_dir / "policy")
-    reward = DenseReward.from_sft_dir(
-        RewardSpec("log_ratio"), SnapshotBaseline(0.5), sft_dir, tok, torch.device("cpu")
-    )
+    reward = DenseReward.load(LogRatio(), SnapshotBaseline(0.5), sft_dir, tok, torch.device("cpu"))
     rows = make_splits(0, {"sft": 8, "rl": N_PROMPTS, "val": 1, "eval": 1})["rl"]
     prompts = [encode_prompt(tok, [{"role": "user", "content": r.prompt}]) for r in rows]
     sampler = HFSampler(max_new_tokens=8).configure(tok)
@@ -74,7 +73,7 @@ def _build(sft_run: Path, norm: str, whiten: bool):
         kl="k3",
         kl_coef=0.5,
         norm=norm,
-        whiten_advantages=whiten,
+        whiten=whiten,
         table=table,
     )
     return mod
@@ -112,7 +111,7 @@ def test_two_ranks_equal_one_rank_on_the_union_batch(sft_run: Path, norm: str, w
 
 
 def test_ranks_get_disjoint_equal_shares(monkeypatch):
-    from densepath.callbacks.resume import ResumableSampler
+    from densepath.data.loader import ResumableSampler
 
     shares = []
     for rank in (0, 1):
@@ -134,9 +133,10 @@ def test_trainer_ddp_cpu_runs_sft_and_dpr(tmp_path: Path):
         [
             "debug=tiny",
             "trainer=ddp_cpu",
-            "algo.stages=[sft,dpr]",
+            "pipeline=sft",
+            "+stage@pipeline.stages.dpr=dpr",
             "sft.batch_size=4",
-            "algo.prompts_per_step=1",
+            "dpr.prompts_per_step=1",
         ],
         run_dir,
     )

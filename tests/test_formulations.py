@@ -12,6 +12,7 @@ from torch import nn
 from transformers import LlamaForCausalLM
 
 from conftest import tiny_llama
+from densepath.models.logprobs import build_inputs, full_distribution_logprobs, response_logprobs
 from densepath.rewards.formulations import (
     ensemble_logp,
     log_ratio,
@@ -21,7 +22,6 @@ from densepath.rewards.formulations import (
     sparse,
     uniform_logp,
 )
-from densepath.rewards.logprobs import build_inputs, full_distribution_logprobs, response_logprobs
 
 VOCAB = 37
 PAD, BOS, EOS = 0, 1, 2

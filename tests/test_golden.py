@@ -7,6 +7,12 @@
 
 The values live in `tests/golden/golden.json`. Re-pin only for a bug fix that has its own test, in
 the same commit (`DENSEPATH_REPIN=1 pytest tests/test_golden.py`), and say why in the issue note.
+
+Re-pinned once: `dpr/eval/sampled/success` of `debug=fast` (0.0 -> 0.042, one of 24 prompts). The old
+config let RL rollouts run to `algo.max_new_tokens` (32) while evaluation stopped at
+`sampler.max_new_tokens` (24); decoding now has one home (the sampler: tests/test_configs.py
+`test_decoding_settings_have_one_home`). Every one of the 978 final metrics of the new code equals the
+old code run with `algo.max_new_tokens=24`.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ REPIN = os.environ.get("DENSEPATH_REPIN") == "1"
 # the command surface of the pinned runs (the only part of this file a redesign may adapt)
 TINY = [
     "debug=tiny",
-    "algo.stages=[sft,recover,dpr]",
+    "pipeline=sft_recover_dpr",
     "sft.steps=20",
-    "algo.steps=5",
+    "dpr.steps=5",
     "trainer.log_every_n_steps=1",
     "data.sizes.val=48",
     "recover.probe_size=40",

@@ -1,4 +1,4 @@
-"""Tests for the chunked teacher-forced log-prob kernel (densepath.rewards.logprobs)."""
+"""Tests for the chunked teacher-forced log-prob kernel (densepath.models.logprobs)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from conftest import tiny_llama
-from densepath.rewards.logprobs import (
+from densepath.models.logprobs import (
     TokenLogProbs,
     build_inputs,
     full_distribution_logprobs,

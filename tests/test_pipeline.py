@@ -55,7 +55,7 @@ def test_policy_and_tokenizer_round_trip(sft_run: Path, tmp_path: Path):
 
 def test_recover_stage_alone_from_parent_run(sft_run: Path, tmp_path: Path, capsys):
     run_dir = tmp_path / "rec"
-    run_cfg(["debug=tiny", "algo=recover", f"parent_run={sft_run}"], run_dir)
+    run_cfg(["debug=tiny", "pipeline=recover", f"parent_run={sft_run}"], run_dir)
     out = capsys.readouterr().out
     assert "Reward recovery" in out and "log_ratio@0.25" in out and "soft_bellman" in out
     man = _json(run_dir / "manifest.json")
@@ -75,7 +75,7 @@ def test_logprob_reward_records_baseline_none(sft_run: Path, tmp_path: Path):
     run_cfg(
         [
             "debug=tiny",
-            "algo=recover",
+            "pipeline=recover",
             "reward=logprob",
             "baseline=uniform",
             "recover.compare_all=false",
@@ -113,18 +113,20 @@ def test_full_pipeline_tiny(tmp_path: Path, capsys):
     assert html.count('class="tok"') > 0 and "advantages" in html
 
 
-@pytest.mark.parametrize("algo", ["dpr", "rloo", "continued_sft"])
-def test_rl_stages_alone_from_parent(sft_run: Path, tmp_path: Path, algo: str):
-    run_dir = tmp_path / algo
-    run_cfg(["debug=tiny", f"algo={algo}", f"parent_run={sft_run}"], run_dir)
+@pytest.mark.parametrize("stage", ["dpr", "rloo", "continued_sft"])
+def test_rl_stages_alone_from_parent(sft_run: Path, tmp_path: Path, stage: str):
+    run_dir = tmp_path / stage
+    run_cfg(["debug=tiny", f"pipeline={stage}", f"parent_run={sft_run}"], run_dir)
     m = _json(run_dir / "metrics.json")
-    assert f"{algo}/eval/sampled/success" in m
-    assert m[f"{algo}/train/steps"] == 2
+    assert f"{stage}/eval/sampled/success" in m
+    assert m[f"{stage}/train/steps"] == 2
 
 
 def test_known_reward_pipeline_tiny(tmp_path: Path):
     run_dir = tmp_path / "kr"
-    run_cfg(["debug=tiny", "data=known_reward", "algo.stages=[sft,recover,dpr]"], run_dir)
+    run_cfg(
+        ["debug=tiny", "data=known_reward", "sampler.max_new_tokens=9", "pipeline=sft_recover_dpr"], run_dir
+    )
     m = _json(run_dir / "metrics.json")
     assert "sft/eval/sampled/true_return" in m and "dpr/eval/sampled/true_return" in m
     assert m["sft/eval/expert_true_return"] > m["sft/eval/uniform_true_return"]
@@ -145,10 +147,9 @@ def test_temperature_stage_from_parent(sft_run: Path, tmp_path: Path, capsys):
     run_cfg(
         [
             "debug=tiny",
-            "algo=sft",
-            "algo.stages=[temperature]",
+            "pipeline=temperature",
             f"parent_run={sft_run}",
-            "eval.temperatures=[0.5,1.0]",
+            "temperature.temperatures=[0.5,1.0]",
         ],
         run_dir,
     )
@@ -165,14 +166,13 @@ def test_temperature_stage_from_parent(sft_run: Path, tmp_path: Path, capsys):
 
 
 def test_temperature_stage_rejects_unknown_policy(sft_run: Path, tmp_path: Path):
-    with pytest.raises(ValueError, match="temperature_policies"):
+    with pytest.raises(ValueError, match=r"temperature.policies: \['ppo'\] have no policy"):
         run_cfg(
             [
                 "debug=tiny",
-                "algo=sft",
-                "algo.stages=[temperature]",
+                "pipeline=temperature",
                 f"parent_run={sft_run}",
-                "eval.temperature_policies=[sft,ppo]",
+                "temperature.policies=[sft,ppo]",
             ],
             tmp_path / "bad",
         )

@@ -79,7 +79,7 @@ def _run_dir(cwd: Path) -> Path:
 
 @pytest.mark.slow
 def test_sft_killed_and_resumed_matches_uninterrupted(tmp_path: Path):
-    args = [*EXACT, "algo=sft", "sft.steps=24", f"data.cache_dir={tmp_path / 'cache'}"]
+    args = [*EXACT, "pipeline=sft", "sft.steps=24", f"data.cache_dir={tmp_path / 'cache'}"]
     ref = tmp_path / "ref"
     ref.mkdir()
     _run([*args, "hydra.run.dir=run"], ref)
@@ -107,12 +107,12 @@ def test_sft_killed_and_resumed_matches_uninterrupted(tmp_path: Path):
 def test_dpr_killed_and_resumed_matches_uninterrupted(tmp_path: Path):
     sft = tmp_path / "sft"
     sft.mkdir()
-    _run([*EXACT, "algo=sft", f"data.cache_dir={tmp_path / 'cache'}", "hydra.run.dir=run"], sft)
+    _run([*EXACT, "pipeline=sft", f"data.cache_dir={tmp_path / 'cache'}", "hydra.run.dir=run"], sft)
     args = [
         *EXACT,
-        "algo=dpr",
-        "algo.steps=12",
-        "algo.val_every=4",
+        "pipeline=dpr",
+        "dpr.steps=12",
+        "dpr.selection_every=4",
         f"parent_run={sft / 'run'}",
         f"data.cache_dir={tmp_path / 'cache'}",
     ]
@@ -136,7 +136,7 @@ def test_explicit_missing_ckpt_path_is_a_clear_error(tmp_path: Path):
     from conftest import run_cfg
 
     with pytest.raises(FileNotFoundError, match="ckpt_path=.*no such checkpoint"):
-        run_cfg(["debug=tiny", "algo=sft", f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path / "r")
+        run_cfg(["debug=tiny", "pipeline=sft", f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path / "r")
 
 
 def test_checkpoint_io_is_atomic_and_refuses_nan(tmp_path: Path):
@@ -154,7 +154,7 @@ def test_checkpoint_io_is_atomic_and_refuses_nan(tmp_path: Path):
 
 
 def test_resumable_loader_continues_mid_epoch():
-    from densepath.callbacks.resume import ResumableLoader
+    from densepath.data.loader import ResumableLoader
 
     full = ResumableLoader(list(range(10)), 3, seed=7)
     seen = [b.tolist() for _ in range(3) for b in full]  # 3 epochs x 3 batches

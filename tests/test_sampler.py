@@ -104,7 +104,7 @@ def test_unknown_engine_is_refused():
 def test_eager_and_sdpa_attention_agree_on_padded_batches():
     """models/attention.py picks `eager` on CPU for speed: the log-probs and greedy samples must not change."""
     from densepath.models import attention
-    from densepath.rewards.logprobs import response_logprobs
+    from densepath.models.logprobs import response_logprobs
 
     model = tiny_llama(1).float()
     b = sampler("loop").generate(model, PROMPTS, k=2, max_new_tokens=10, greedy=True)

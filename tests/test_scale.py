@@ -23,10 +23,10 @@ def test_lora_trains_only_adapters_and_leaves_scorers_untouched(sft_run: Path, t
     run_cfg(
         [
             "debug=tiny",
-            "algo=dpr",
+            "pipeline=dpr",
             "model.lora.enabled=true",
-            "algo.lr=1e-1",
-            "algo.steps=2",
+            "dpr.module.lr=1e-1",
+            "dpr.steps=2",
             "model.lora.target_modules=[q_proj,v_proj]",
             f"parent_run={sft_run}",
         ],
@@ -63,7 +63,12 @@ def test_bf16_mixed_runs_on_cpu_and_lightning_selects_it(tmp_path: Path):
     trainer = instantiate(cfg.trainer, max_steps=1, logger=False)
     assert type(trainer.precision_plugin).__name__ == "MixedPrecision" and trainer.precision == "bf16-mixed"
     run_cfg(
-        ["debug=tiny", "algo=sft", "trainer.precision=bf16-mixed", "callbacks.reward_recovery.enabled=false"],
+        [
+            "debug=tiny",
+            "pipeline=sft",
+            "trainer.precision=bf16-mixed",
+            "callbacks.reward_recovery.enabled=false",
+        ],
         tmp_path / "r",
     )
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["sft/train/steps"] == 8
@@ -84,16 +89,12 @@ def test_fp16_and_multi_gpu_strategies_compose():
 def test_scorer_dtype_bf16(sft_run: Path):
     from densepath.models.io import load_policy
     from densepath.rewards.baselines import SnapshotBaseline
-    from densepath.rewards.dense import DenseReward, RewardSpec
+    from densepath.rewards.dense import DenseReward
+    from densepath.rewards.formulations import LogRatio
 
     _, tok = load_policy(sft_run / "sft" / "policy")
-    r = DenseReward.from_sft_dir(
-        RewardSpec("log_ratio", dtype="bfloat16"),
-        SnapshotBaseline(0.5),
-        sft_run / "sft",
-        tok,
-        torch.device("cpu"),
-        dtype=torch.bfloat16,
+    r = DenseReward.load(
+        LogRatio(dtype="bfloat16"), SnapshotBaseline(0.5), sft_run / "sft", tok, torch.device("cpu")
     )
     assert next(r.sft.parameters()).dtype == torch.bfloat16
     assert next(r.baseline.model.parameters()).dtype == torch.bfloat16
@@ -148,7 +149,7 @@ def test_gradient_checkpointing_trains(tmp_path: Path):
     run_cfg(
         [
             "debug=tiny",
-            "algo=sft",
+            "pipeline=sft",
             "model.gradient_checkpointing=true",
             "callbacks.reward_recovery.enabled=false",
         ],

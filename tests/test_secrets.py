@@ -39,7 +39,7 @@ def test_wandb_key_appears_in_no_file_or_log(tmp_path: Path):
             "-m",
             "densepath",
             "debug=tiny",
-            "algo=sft",
+            "pipeline=sft",
             "logger=wandb",
             "sft.steps=2",
             "sft.val_every=2",

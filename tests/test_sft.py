@@ -70,7 +70,7 @@ def test_short_sft_lowers_heldout_loss_and_learns_the_easiest_family(tmp_path: P
     run_dir = tmp_path / "sft"
     run_cfg(
         [
-            "algo=sft",
+            "pipeline=sft",
             "data.families=[upper,sort]",
             "sft.steps=250",
             "sft.val_every=50",

@@ -20,9 +20,9 @@ KR = [
     "model.intermediate_size=176",
     "sft.steps=1200",
     "sft.batch_size=64",
-    "sft.lr=3e-3",
+    "sft.module.lr=3e-3",
     "sft.val_every=400",
-    "sft.val_size=256",
+    "sft.val_loss_size=256",
     "eval.val_size=256",
     "eval.eval_size=512",
     "recover.fidelity_samples=512",
@@ -35,14 +35,14 @@ KR = [
 @pytest.fixture(scope="module")
 def kr_sft(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("kr") / "sft"
-    run_cfg([*KR, "algo=sft", "callbacks.reward_recovery.enabled=false"], run_dir)
+    run_cfg([*KR, "pipeline=sft", "callbacks.reward_recovery.enabled=false"], run_dir)
     return run_dir
 
 
 @pytest.mark.slow
 def test_planted_fidelity_logprob_within_expert(kr_sft: Path, tmp_path: Path):
     run_dir = tmp_path / "rec"
-    run_cfg([*KR, "algo=recover", f"parent_run={kr_sft}"], run_dir)
+    run_cfg([*KR, "pipeline=recover", f"parent_run={kr_sft}"], run_dir)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["recover/logprob/fidelity/expert/pearson"] >= 0.9, m["recover/logprob/fidelity/expert/pearson"]
     # the SFT model is close to the expert: its true return is near the expert's
@@ -56,15 +56,15 @@ def test_dpr_on_logprob_beats_sft_true_return(kr_sft: Path, tmp_path: Path):
     run_cfg(
         [
             *KR,
-            "algo=dpr",
+            "pipeline=dpr",
             "reward=logprob",
-            "algo.kl=none",
-            "algo.lr=1e-3",
-            "algo.steps=60",
-            "algo.prompts_per_step=16",
-            "algo.k=8",
-            "algo.val_every=20",
-            "algo.val_size=256",
+            "dpr.module.kl=none",
+            "dpr.module.lr=1e-3",
+            "dpr.steps=60",
+            "dpr.prompts_per_step=16",
+            "dpr.module.k=8",
+            "dpr.selection_every=20",
+            "dpr.selection_size=256",
             f"parent_run={kr_sft}",
         ],
         run_dir,

@@ -45,7 +45,8 @@ def test_multirun_two_configs_two_seeds_wandb_offline_and_aggregate(tmp_path: Pa
         [
             "-m",
             "debug=tiny",
-            "algo.stages=[sft,recover]",
+            "pipeline=sft",
+            "+stage@pipeline.stages.recover=recover",
             "reward=log_ratio,logprob",
             "seed=0,1",
             "logger=wandb",
@@ -101,7 +102,7 @@ def test_failing_job_is_recorded_and_others_run(tmp_path: Path):
         [
             "-m",
             "debug=tiny",
-            "algo=sft",
+            "pipeline=sft",
             "sft.snapshot_fractions=[0.5],[1.5]",
             "callbacks.reward_recovery.enabled=false",
             f"data.cache_dir={tmp_path / 'cache'}",
@@ -132,7 +133,7 @@ def test_resume_auto_skips_finished_jobs(tmp_path: Path):
     args = [
         "-m",
         "debug=tiny",
-        "algo=sft",
+        "pipeline=sft",
         "seed=0,1",
         "callbacks.reward_recovery.enabled=false",
         f"data.cache_dir={tmp_path / 'cache'}",
@@ -159,7 +160,7 @@ def test_submitit_local_launcher_runs_a_tiny_sweep(tmp_path: Path):
             "-m",
             "hydra/launcher=submitit_local",
             "debug=tiny",
-            "algo=sft",
+            "pipeline=sft",
             "seed=0,1",
             "callbacks.reward_recovery.enabled=false",
             f"data.cache_dir={tmp_path / 'cache'}",
@@ -188,14 +189,14 @@ def test_optuna_search_optimises_validation():
     cfg = _hydra_cfg(["hparams_search=optuna_dpr"])
     sw = cfg.hydra.sweeper
     assert sw._target_.endswith("OptunaSweeper") and sw.direction == "maximize" and sw.n_trials <= 10
-    assert set(sw.params) >= {"algo.lr", "algo.kl_coef", "algo.temperature", "algo.k"}
-    assert list(cfg.algo.stages) == ["dpr"]
+    assert set(sw.params) >= {"dpr.module.lr", "dpr.module.kl_coef", "sampler.temperature", "dpr.module.k"}
+    assert list(cfg.pipeline.stages) == ["dpr"]
 
 
 def test_objective_is_the_validation_headline(sft_run: Path, tmp_path: Path):
     from conftest import run_cfg
 
-    m = run_cfg(["debug=tiny", "algo=dpr", f"parent_run={sft_run}"], tmp_path / "r")
+    m = run_cfg(["debug=tiny", "pipeline=dpr", f"parent_run={sft_run}"], tmp_path / "r")
     assert m["objective"] == m["dpr/val/success"] == m["val/success"]
     assert m["eval/success"] == m["dpr/eval/success"]
     assert compose_cfg(["resume=auto"], None).resume == "auto"
@@ -221,7 +222,7 @@ def test_optuna_sweep_runs_and_reads_the_validation_objective(sft_run: Path, tmp
     import yaml
 
     best = yaml.safe_load(results.read_text())
-    assert "algo.lr" in best["best_params"]
+    assert "dpr.module.lr" in best["best_params"]
     objectives = [
         json.loads((j / "metrics.json").read_text())["objective"]
         for j in sweep.iterdir()

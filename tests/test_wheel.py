@@ -24,7 +24,7 @@ def test_wheel_ships_conf_and_cli_runs_from_another_directory(tmp_path: Path):
     )
     wheel = next(dist.glob("densepath-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "densepath/conf/config.yaml" in names and "densepath/conf/algo/pipeline.yaml" in names
+    assert "densepath/conf/config.yaml" in names and "densepath/conf/pipeline/default.yaml" in names
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
@@ -47,7 +47,7 @@ def test_wheel_ships_conf_and_cli_runs_from_another_directory(tmp_path: Path):
         [
             str(env_dir / "bin" / "densepath"),
             "debug=tiny",
-            "algo=sft",
+            "pipeline=sft",
             f"data.cache_dir={tmp_path / 'cache'}",
             "hydra.run.dir=run",
         ],

@@ -58,13 +58,12 @@ def main(argv=None) -> int:
     from densepath.algos.pg_math import advantages, policy_gradient_loss, reward_to_go
     from densepath.algos.rl import sequence_level_returns
     from densepath.data.formatting import encode_prompt
+    from densepath.eval.verifier import Verifier
     from densepath.models import attention
     from densepath.models.io import load_policy
     from densepath.models.logprobs import response_logprobs
-    from densepath.rewards.baselines import SnapshotBaseline
-    from densepath.rewards.dense import DenseReward, RewardSpec
+    from densepath.rewards.builder import build_reward
     from densepath.sampling.hf import HFSampler
-    from densepath.stages.rl import Verifier
 
     cfg_path = a.run_dir / ".hydra" / "config.yaml"
     if not (a.run_dir / "sft" / "policy").is_dir() or not cfg_path.exists():
@@ -80,11 +79,10 @@ def main(argv=None) -> int:
     prompts = [encode_prompt(tok, task.messages(r)) for r in rows]
     verify = Verifier(tok, task, rows)
     rewards = {}
-    for name in ("log_ratio", "logprob"):
-        base = SnapshotBaseline(fraction=0.5) if name == "log_ratio" else None
-        rewards[name] = DenseReward.from_sft_dir(
-            RewardSpec(name=name, uses_baseline=name == "log_ratio"), base, a.run_dir / "sft", tok, "cpu"
-        )
+    half = {"_target_": "densepath.rewards.baselines.SnapshotBaseline", "fraction": 0.5}
+    for name, target in (("log_ratio", "LogRatio"), ("logprob", "LogProb")):
+        formulation = {"_target_": f"densepath.rewards.formulations.{target}"}
+        rewards[name] = build_reward(formulation, half, a.run_dir / "sft", tok, "cpu")
     sampler = HFSampler(max_new_tokens=a.max_new_tokens).configure(tok)
     rng = np.random.default_rng(a.seed)
     grads: dict[str, list[torch.Tensor]] = {e[0]: [] for e in ESTIMATORS}

@@ -1,4 +1,4 @@
-"""The `densepath` command: a Hydra app over `conf/`; dispatches the stages named by `algo`."""
+"""The `densepath` command: a Hydra app over `conf/`; runs the stages `pipeline` lists."""
 
 from __future__ import annotations
 

@@ -70,6 +70,7 @@ class RunContext:
     tracking: object = None
     parent_run: Path | None = None
     run_name: str = ""
+    stages: dict = field(default_factory=dict)  # name -> Stage of the running pipeline
 
     @classmethod
     def create(cls, cfg: DictConfig, run_dir: Path) -> RunContext:
@@ -138,7 +139,7 @@ class RunContext:
         raise FileNotFoundError(
             f"stage `{stage}` has no artefacts in {self.run_dir}"
             + (f" or in parent_run={self.parent_run}" if self.parent_run else "")
-            + f". Run it first (algo={stage}) and pass that run dir as parent_run=<dir>."
+            + f". Run it first (pipeline={stage}) and pass that run dir as parent_run=<dir>."
         )
 
     def artifact_name(self, stage: str) -> str:
@@ -166,11 +167,6 @@ class RunContext:
         stage_dir = self.stage_dir(stage)
         atomic_write_json(stage_dir / "metrics.json", metrics)
         atomic_write_json(stage_dir / "manifest.json", {"stage": stage, **manifest})
-        self.flush()
-
-    def set_headline(self, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            self.metrics[k] = v
         self.flush()
 
     def flush(self) -> None:

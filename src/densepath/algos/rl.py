@@ -29,8 +29,8 @@ from densepath.algos.pg_math import (
     reward_to_go,
     whiten,
 )
-from densepath.algos.sft import NonFiniteError, write_counts
-from densepath.rewards.logprobs import response_logprobs
+from densepath.algos.sft import NonFiniteError, sum_counters_over_ranks
+from densepath.models.logprobs import response_logprobs
 
 
 def sequence_level_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -53,12 +53,10 @@ class RLModule(L.LightningModule):
         weight_decay: float = 0.0,
         gamma: float = 1.0,
         advantage: str = "loo",
-        whiten_advantages: bool = False,
+        whiten: bool = False,
         norm: str = "seq_mean",
         kl: str = "k3",
         kl_coef: float = 1.0,
-        temperature: float = 1.0,
-        max_new_tokens: int = 32,
         sequence_level: bool = False,
         ppo_epochs: int = 1,
         clip_eps: float | None = None,
@@ -69,9 +67,11 @@ class RLModule(L.LightningModule):
     ):
         super().__init__()
         if kl not in ("k1", "k3", "none"):
-            raise ValueError(f"algo.kl={kl!r}: choose k3 (in the loss), k1 (in the reward) or none")
+            raise ValueError(f"kl={kl!r}: choose k3 (in the loss), k1 (in the reward) or none")
         if k < 2 and advantage == "loo":
-            raise ValueError("algo.advantage=loo needs algo.k >= 2 samples per prompt")
+            raise ValueError(
+                "advantage=loo needs k >= 2 samples per prompt: set the stage's module.k, e.g. dpr.module.k=8"
+            )
         self.policy = policy
         self.reward = reward
         self.sampler = sampler
@@ -87,11 +87,10 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ pieces
     def sample(self, prompt_idx: list[int]):
-        hp = self.hparams
         prompts = [self.prompts[i] for i in prompt_idx]
         return self.sampler.generate(
-            self.policy, prompts, k=hp.k, max_new_tokens=hp.max_new_tokens, temperature=hp.temperature
-        )
+            self.policy, prompts, k=self.hparams.k
+        )  # the sampler's decoding settings
 
     def policy_logp(self, b) -> torch.Tensor:
         return response_logprobs(
@@ -100,7 +99,7 @@ class RLModule(L.LightningModule):
             b.prompt_mask,
             b.response_ids,
             b.response_mask,
-            temperature=self.hparams.temperature,
+            temperature=self.sampler.temperature,  # tempered like the samples: the update stays on-policy
         ).logp
 
     def advantages_for(self, rewards, mask):
@@ -110,7 +109,7 @@ class RLModule(L.LightningModule):
         else:
             returns = reward_to_go(rewards, mask, hp.gamma)
         adv = advantages(returns, mask, hp.k, hp.advantage)
-        if hp.whiten_advantages:
+        if hp.whiten:
             adv = whiten(adv, mask, reduce_fn=self._all_reduce_sum)
         return returns, adv
 
@@ -236,10 +235,19 @@ class RLModule(L.LightningModule):
             )
         return None
 
-    counts_path = None  # set by the stage: where on_train_end writes the all-rank totals
+    optimiser_steps = 0  # set at the end of fit (the trainer's global step)
 
     def on_train_end(self):
-        write_counts(self, ("generated_tokens", "trained_tokens"), self.counts_path)
+        self.optimiser_steps = int(self.global_step)
+        sum_counters_over_ranks(self, ("generated_tokens", "trained_tokens"))
+
+    def run_counters(self) -> dict[str, int]:
+        """Totals over ranks after fit (carried to the main process under ddp_spawn)."""
+        return {
+            "optimiser_steps": self.optimiser_steps,
+            "trained_tokens": self.trained_tokens,
+            "generated_tokens": self.generated_tokens,
+        }
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["densepath"] = {

@@ -12,7 +12,7 @@ import math
 import lightning as L
 import torch
 
-from densepath.rewards.logprobs import response_logprobs
+from densepath.models.logprobs import response_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -21,39 +21,16 @@ class NonFiniteError(RuntimeError):
     pass
 
 
-def write_counts(module: L.LightningModule, names: tuple[str, ...], path) -> None:
-    """Sum host-side counters over ranks and write them (rank 0) to `path` as JSON: with ddp_spawn
-    the main process never sees the workers' module, so stages read compute totals from disk."""
-    import json
-
-    vals = torch.tensor([float(getattr(module, n)) for n in names], dtype=torch.float64)
-    if module.trainer.world_size > 1:
-        vals = vals.to(module.device)
-        torch.distributed.all_reduce(vals)
-    if module.trainer.is_global_zero and path is not None:
-        from pathlib import Path
-
-        counts = dict(zip(names, vals.cpu().tolist()))
-        counts["global_step"] = module.trainer.global_step
-        Path(path).write_text(json.dumps(counts))
-    if module.trainer.world_size > 1:
-        # every rank leaves training together: a rank exiting while rank 0 still writes files can
-        # abort inside gloo's teardown ("terminate called without an active exception")
-        torch.distributed.barrier()
-
-
-def read_counts(module, path) -> int | None:
-    """Restore the all-rank counters on `module`; returns the final global step (None if unknown)."""
-    import json
-    from pathlib import Path
-
-    if path is None or not Path(path).exists():
-        return None
-    counts = json.loads(Path(path).read_text())
-    step = counts.pop("global_step", None)
-    for k, v in counts.items():
-        setattr(module, k, int(v))
-    return None if step is None else int(step)
+def sum_counters_over_ranks(module: L.LightningModule, names: tuple[str, ...]) -> None:
+    """Replace host-side counters by their sum over ranks (DDP), on every rank; then every rank
+    leaves training together (a rank exiting while rank 0 still works can abort gloo's teardown)."""
+    if module.trainer.world_size <= 1:
+        return
+    vals = torch.tensor([float(getattr(module, n)) for n in names], dtype=torch.float64, device=module.device)
+    torch.distributed.all_reduce(vals)
+    for n, v in zip(names, vals.cpu().tolist()):
+        setattr(module, n, int(v))
+    torch.distributed.barrier()
 
 
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,10 +104,15 @@ class SFTModule(L.LightningModule):
                 f"{self.bad_steps} consecutive non-finite {what}s in SFT; stopping. Lower sft.lr or check the data"
             )
 
-    counts_path = None  # set by the stage: where on_train_end writes the all-rank totals
+    optimiser_steps = 0  # set at the end of fit (the trainer's global step)
 
     def on_train_end(self):
-        write_counts(self, ("trained_tokens",), self.counts_path)
+        self.optimiser_steps = int(self.global_step)
+        sum_counters_over_ranks(self, ("trained_tokens",))
+
+    def run_counters(self) -> dict[str, int]:
+        """Totals over ranks after fit (carried to the main process under ddp_spawn)."""
+        return {"optimiser_steps": self.optimiser_steps, "trained_tokens": self.trained_tokens}
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["densepath"] = {"trained_tokens": self.trained_tokens, "bad_steps": self.bad_steps}

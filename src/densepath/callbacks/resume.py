@@ -2,9 +2,8 @@
 
 - `AtomicCheckpointIO`: writes to a temp file, fsyncs, then renames, so a crash while writing never
   leaves a corrupt checkpoint; refuses to write non-finite weights; loads with `weights_only=True`.
-- `ResumableLoader`: a DataLoader whose order is a pure function of (seed, epoch) and whose position
-  is saved in the checkpoint (Lightning restores `_Stateful` loaders), so a run resumed mid-epoch
-  sees exactly the batches the uninterrupted run would have seen.
+- `LoaderProgress`: hands the trainer's step count to every `data.loader.ResumableLoader`, whose
+  position is saved in the checkpoint.
 - `RNGStateCallback`: Python, numpy and torch (CPU and CUDA) RNG states in the checkpoint; the
   sampler's generation draws from torch's global RNG, so this restores the generation stream too.
 """
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader, Sampler
+
+from densepath.data.loader import ResumableLoader
 
 log = logging.getLogger(__name__)
 
@@ -66,82 +66,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"checkpoint {path} not found; pass an existing ckpt_path=... or use resume=auto"
             )
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
-
-
-class ResumableSampler(Sampler[int]):
-    """Epoch e is `randperm(n, seed + e)`; `skip` batches at the start of the first epoch on resume."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.epoch = 0
-        self.start = 0  # indices to skip in the current epoch (set on resume)
-
-    @staticmethod
-    def _rank_world() -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
-    def __len__(self) -> int:
-        return self.n // self._rank_world()[1]
-
-    def __iter__(self):
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=gen).tolist()
-        else:
-            order = list(range(self.n))
-        rank, world = self._rank_world()
-        if world > 1:  # every rank gets a disjoint, equal-sized share of the same permutation
-            order = order[: len(self) * world][rank::world]
-        start, self.start = self.start, 0
-        self.epoch += 1
-        yield from order[start:]
-
-
-class ResumableLoader(DataLoader):
-    """A DataLoader with `state_dict` / `load_state_dict` (Lightning saves it in the checkpoint).
-
-    The position is the number of batches the training loop has consumed, read from the trainer
-    (`progress_fn`), not from the sampler, which runs one batch ahead because of prefetching.
-    """
-
-    def __init__(
-        self,
-        dataset,
-        batch_size: int,
-        seed: int,
-        collate_fn=None,
-        shuffle: bool = True,
-        drop_last: bool = True,
-    ):
-        self._rsampler = ResumableSampler(len(dataset), seed, shuffle)
-        # a private generator: creating an iterator draws a base seed, which must not consume the
-        # global RNG (that would shift the generation stream between a resumed and a straight run)
-        super().__init__(
-            dataset,
-            batch_size=batch_size,
-            sampler=self._rsampler,
-            collate_fn=collate_fn,
-            drop_last=drop_last,
-            num_workers=0,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        self.progress_fn = None
-
-    def batches_per_epoch(self) -> int:
-        return len(self)
-
-    def state_dict(self) -> dict[str, int]:
-        consumed = int(self.progress_fn()) if self.progress_fn is not None else 0
-        return {"consumed_batches": consumed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        consumed = int(state.get("consumed_batches", 0))
-        nb = max(1, self.batches_per_epoch())
-        self._rsampler.epoch = consumed // nb
-        self._rsampler.start = (consumed % nb) * self.batch_size
-        log.info("resumed data order at epoch %d, batch %d", consumed // nb, consumed % nb)
 
 
 class LoaderProgress(L.Callback):

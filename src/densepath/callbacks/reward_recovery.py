@@ -1,14 +1,12 @@
 """RewardRecoveryCallback: recover the dense reward from the live SFT model, on its device.
 
-Runs at the end of SFT (and every `every_n_val` validation runs when > 0): builds the configured
-DenseReward from a frozen copy of the current policy and the saved baseline snapshot, runs the
-corruption probe (verifiable tasks) or the fidelity check (known_reward), logs the metrics, and
-writes the token heatmap and the reward artefact (parquet + manifest) under `<sft>/recovery/`.
+Runs at the end of SFT (and every `every_n_val` validation runs when > 0) the `RecoveryPass` it is
+given (the configured reward, the task's probe, heatmap and artefact under `<sft>/recovery/<tag>/`).
+Its last metrics travel back to the main process under ddp_spawn (`callbacks.spawn`).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
@@ -18,9 +16,11 @@ log = logging.getLogger(__name__)
 
 
 class RewardRecoveryCallback(L.Callback):
-    def __init__(self, ctx, sft_dir: Path, every_n_val: int = 0):
-        self.ctx = ctx
-        self.sft_dir = Path(sft_dir)
+    carry_to_main = True  # `callbacks.spawn` returns this callback's state from the worker
+
+    def __init__(self, recovery_pass, out_root: Path, every_n_val: int = 0):
+        self.recovery_pass = recovery_pass
+        self.out_root = Path(out_root)
         self.every_n_val = int(every_n_val)
         self._n_val = 0
         self.last_metrics: dict[str, float] = {}
@@ -28,13 +28,8 @@ class RewardRecoveryCallback(L.Callback):
     def _run(self, trainer, pl_module, tag: str) -> None:
         if not trainer.is_global_zero:
             return
-        from densepath.stages.recover import recovery_pass
-
-        frozen = copy.deepcopy(pl_module.model)  # the live model keeps training
         try:
-            metrics = recovery_pass(
-                self.ctx, frozen, self.sft_dir, self.sft_dir / "recovery" / tag, pl_module.device
-            )
+            metrics = self.recovery_pass(pl_module.model, self.out_root / tag, pl_module.device)
         except FileNotFoundError as e:  # e.g. the baseline snapshot is not written yet mid-training
             log.warning("reward recovery skipped at %s: %s", tag, e)
             return
@@ -53,3 +48,9 @@ class RewardRecoveryCallback(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._run(trainer, pl_module, "final")
+
+    def state_dict(self):
+        return {"last_metrics": dict(self.last_metrics)}
+
+    def load_state_dict(self, state):
+        self.last_metrics = dict(state.get("last_metrics", {}))

@@ -11,16 +11,14 @@ from pathlib import Path
 
 import lightning as L
 
-from densepath.models.io import save_policy
+from densepath.models.io import save_policy, snapshot_dir
 
 log = logging.getLogger(__name__)
 
 
-def snapshot_dir(root: str | Path, fraction: float) -> Path:
-    return Path(root) / f"frac_{fraction:.2f}"
-
-
 class SnapshotCallback(L.Callback):
+    carry_to_main = True  # `callbacks.spawn` returns `saved` from the worker under ddp_spawn
+
     def __init__(self, root: str | Path, fractions: list[float], max_steps: int, batch_size: int, tokenizer):
         for f in fractions:
             if not 0.0 < float(f) < 1.0:
@@ -31,13 +29,6 @@ class SnapshotCallback(L.Callback):
         # fraction -> the optimiser step after which it is taken (at least 1)
         self.targets = {float(f): max(1, round(float(f) * max_steps)) for f in fractions}
         self.saved: dict[str, dict] = {}
-
-    def reload(self) -> None:
-        import json
-
-        p = self.root / "index.json"
-        if p.exists():
-            self.saved = json.loads(p.read_text())
 
     def state_dict(self):
         return {"saved": self.saved}

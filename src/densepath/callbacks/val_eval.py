@@ -5,24 +5,28 @@ Selection is always on `val`; `eval` is only used for the final report.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from densepath.eval.evaluate import evaluate_policy
+from densepath.eval.loglik import heldout_nll
 from densepath.models.io import save_policy
 
 log = logging.getLogger(__name__)
 
 
 class ValEvalCallback(L.Callback):
+    carry_to_main = True  # `callbacks.spawn` returns best / history from the worker under ddp_spawn
+
     def __init__(
         self, evaluate_fn, every_n_steps: int, save_dir: Path, tokenizer, metric: str, model_attr: str
     ):
-        self.evaluate_fn = evaluate_fn  # model -> float (the val headline, sampled)
+        self.evaluate_fn = evaluate_fn  # model -> float (the val headline, higher is better)
         self.every = max(1, int(every_n_steps))
         self.save_dir = Path(save_dir)
         self.tokenizer = tokenizer
@@ -48,8 +52,6 @@ class ValEvalCallback(L.Callback):
             if trainer.is_global_zero:
                 save_policy(model, self.tokenizer, self.save_dir / "best")
                 log.info("new best val %s = %.4f at step %d", self.metric, value, step)
-        if trainer.is_global_zero:  # on disk too: with ddp_spawn the main process never sees this object
-            (self.save_dir / "val_state.json").write_text(json.dumps(self.state_dict()))
 
     def on_train_start(self, trainer, pl_module):
         if trainer.global_step == 0:  # step 0: the starting policy competes too (not again on resume)
@@ -57,12 +59,6 @@ class ValEvalCallback(L.Callback):
 
     def state_dict(self):
         return {"best": self.best, "best_step": self.best_step, "history": [list(h) for h in self.history]}
-
-    def reload(self) -> None:
-        """Pick up the state rank 0 wrote (after ddp_spawn the main process holds a stale copy)."""
-        p = self.save_dir / "val_state.json"
-        if p.exists():
-            self.load_state_dict(json.loads(p.read_text()))
 
     def load_state_dict(self, state):
         self.best, self.best_step = float(state["best"]), int(state["best_step"])
@@ -77,48 +73,30 @@ class ValEvalCallback(L.Callback):
 
 
 class ValHeadline:
-    """model -> the val headline (sampled success / true return, or -NLL without a verifier).
+    """model -> the task's val headline, signed so that higher is better (sampled at the sampler's
+    temperature; held-out NLL for tasks that cannot judge answers).
 
     A class, not a closure, so that ddp_spawn can pickle the callback holding it.
     """
 
-    def __init__(self, ctx, sampler, split_rows):
-        from densepath.stages.common import autocast_kind
-
-        self.task, self.tokenizer, self.sampler, self.rows = ctx.task, ctx.tokenizer, sampler, split_rows
-        self.temperature = float(ctx.cfg.eval.temperature)
-        self.autocast = autocast_kind(ctx)
+    def __init__(self, task, tokenizer, sampler, rows, autocast_kind: str | None):
+        self.task, self.tokenizer, self.sampler, self.rows = task, tokenizer, sampler, rows
+        self.autocast = autocast_kind
 
     def __call__(self, model) -> float:
-        import contextlib
-
-        import torch
-
         was = model.training
         model.eval()
         amp = (
             torch.autocast(self.autocast, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
         )
+        sign = 1.0 if self.task.higher_is_better else -1.0
         try:
             with amp:
-                if not self.task.has_verifier and self.task.headline == "nll":
-                    from densepath.eval.loglik import heldout_nll
-
-                    return -heldout_nll(model, self.tokenizer, self.task, self.rows)["nll"]
+                if not self.task.verifiable:
+                    return sign * heldout_nll(model, self.tokenizer, self.task, self.rows)[self.task.headline]
                 m, _ = evaluate_policy(
-                    model,
-                    self.tokenizer,
-                    self.task,
-                    self.rows,
-                    self.sampler,
-                    split="val",
-                    modes=("sampled",),
-                    temperature=self.temperature,
+                    model, self.tokenizer, self.task, self.rows, self.sampler, split="val", modes=("sampled",)
                 )
-                return m[f"val/sampled/{self.task.headline}"]
+                return sign * m[f"val/sampled/{self.task.headline}"]
         finally:
             model.train(was)
-
-
-def val_headline_fn(ctx, sampler, split_rows) -> ValHeadline:
-    return ValHeadline(ctx, sampler, split_rows)

@@ -1,10 +1,8 @@
 """The `data=jsonl` and `data=hf` options: plain chat demonstrations without a verifier.
 
 Rows are conversations whose LAST assistant turn is the demonstration; everything before it is the
-prompt (kept in `meta["messages"]`). Splits are carved deterministically from the rows, disjoint by
-prompt conversation, so held-out NLL never scores a prompt seen in SFT. Every validation error names
-the source (file + line, or dataset + row + column) and the fix, because a bad row deep inside a
-large file is otherwise found only by a crash far away in tokenization or training.
+prompt (`meta["messages"]`). Splits are carved deterministically, disjoint by prompt conversation.
+Every validation error names the source (file + line, or dataset + row + column) and the fix.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from densepath.data.sources import _cache_dir
+from densepath.data.task import Task
 from densepath.models.tokenizer import train_bpe_tokenizer
 
 log = logging.getLogger(__name__)
@@ -26,11 +25,6 @@ log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
 SPLITS = ("sft", "rl", "val", "eval")
 ROW_HINT = 'each row needs "messages" or "prompt"+"response"'
-
-
-# ---------------------------------------------------------------------------------------------
-# row validation (shared by both sources)
-# ---------------------------------------------------------------------------------------------
 
 
 def _check_messages(value: Any, where: str, col: str) -> list[dict]:
@@ -107,9 +101,8 @@ def parse_record(obj: Any, where: str, columns: dict[str, str] | None = None) ->
         prompt_msgs = [{"role": "user", "content": p}]
     fam_col = columns.get("family")
     family = obj.get(fam_col) if fam_col else None
-    if family is None:
-        family = "chat"
-    elif not isinstance(family, str) or not family:
+    family = "chat" if family is None else family
+    if not isinstance(family, str) or not family:
         raise ValueError(f'{where}: "{fam_col}" must be a non-empty string, got {family!r}')
     users = [m["content"] for m in prompt_msgs if m["role"] == "user"]
     return {
@@ -118,11 +111,6 @@ def parse_record(obj: Any, where: str, columns: dict[str, str] | None = None) ->
         "response": response,
         "meta": {"messages": prompt_msgs, "source": where},
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# JSONL reading
-# ---------------------------------------------------------------------------------------------
 
 
 def _decode_utf8(raw: bytes, name: str) -> str:
@@ -139,8 +127,7 @@ def _decode_utf8(raw: bytes, name: str) -> str:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """Validate a chat JSONL file line by line and return its task rows (file order, blank lines skipped)."""
-    p = Path(path).expanduser()
-    name = f"data.path={path}"
+    p, name = Path(path).expanduser(), f"data.path={path}"
     if not p.exists():
         raise FileNotFoundError(
             f"{name} does not exist (relative paths resolve against {Path.cwd()}); "
@@ -171,15 +158,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
             f"{name} has no rows (only blank lines); it needs one JSON object per line ({ROW_HINT})"
         )
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# carving splits
-# ---------------------------------------------------------------------------------------------
-
-
-def _prompt_key(row: dict) -> str:
-    return json.dumps(row["meta"]["messages"], sort_keys=True, ensure_ascii=False)
 
 
 def split_counts(n_groups: int, fractions: dict[str, float], source: str) -> dict[str, int]:
@@ -219,7 +197,7 @@ def carve_splits(
     """
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(_prompt_key(r), []).append(r)
+        groups.setdefault(json.dumps(r["meta"]["messages"], sort_keys=True, ensure_ascii=False), []).append(r)
     keys = sorted(groups)  # independent of file order's hash randomisation; shuffled below
     random.Random(seed).shuffle(keys)
     counts = split_counts(len(keys), {"val": val_fraction, "eval": eval_fraction, "rl": rl_fraction}, source)
@@ -227,25 +205,18 @@ def carve_splits(
     for name in ("val", "eval", "rl", "sft"):
         out[name] = [r for k in keys[start : start + counts[name]] for r in groups[k]]
         start += counts[name]
-    if sizes:
-        for name, cap in dict(sizes).items():
-            if name in out and cap is not None:
-                out[name] = out[name][: int(cap)]
-    log.info(
-        "%s: %s rows per split (%d distinct prompts)", source, {k: len(v) for k, v in out.items()}, len(keys)
-    )
+    for name, cap in dict(sizes or {}).items():
+        if name in out and cap is not None:
+            out[name] = out[name][: int(cap)]
+    log.info("%s: %s rows per split (%d distinct prompts)", source, {k: len(out[k]) for k in out}, len(keys))
     return {k: out[k] for k in SPLITS}
 
 
-# ---------------------------------------------------------------------------------------------
-# the tasks
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass
-class _ChatTask:
-    """The Task interface shared by chat sources; subclasses implement `_load_rows`."""
+class _ChatTask(Task):
+    """The Task of chat sources (subclasses implement `_load_rows`); no verifier: the headline is held-out NLL."""
 
+    name, headline, higher_is_better, verifiable, recovery_probe = "chat", "nll", False, False, "demos"
     seed: int = 0
     val_fraction: float = 0.05
     eval_fraction: float = 0.1
@@ -255,18 +226,7 @@ class _ChatTask:
     vocab_size: int = 1024
     max_prompt_len: int = 256
     max_response_len: int = 256
-    name: str = "chat"
-    has_verifier: bool = False
-    headline: str = "nll"
-
-    def __post_init__(self):
-        self._splits: dict[str, list[dict]] | None = None
-
-    def _load_rows(self) -> list[dict]:
-        raise NotImplementedError
-
-    def _source(self) -> str:
-        raise NotImplementedError
+    _splits: dict | None = field(default=None, init=False, repr=False)
 
     def splits(self) -> dict[str, list[dict]]:
         if self._splits is None:
@@ -293,8 +253,7 @@ class _ChatTask:
         return train_bpe_tokenizer(self.corpus(), self.vocab_size, _cache_dir(self.cache_dir) / "tokenizers")
 
     def score(self, rows: list[dict], texts: list[str]) -> dict[str, np.ndarray]:
-        """No verifier: the headline is held-out NLL, computed elsewhere."""
-        return {}
+        return {}  # no verifier: the headline is held-out NLL, computed elsewhere
 
     def fresh_demonstrations(self, n: int, seed: int) -> list[dict]:
         """n demonstrations drawn from the sft split (with replacement only when n exceeds it)."""
@@ -336,14 +295,12 @@ class HFDatasetTask(_ChatTask):
         local = Path(self.name_or_path).expanduser()
         if local.exists():
             ds = datasets.load_from_disk(str(local))
-            if isinstance(ds, datasets.DatasetDict):
-                if self.split not in ds:
-                    raise ValueError(
-                        f"data.name_or_path={self.name_or_path} has no split {self.split!r}; "
-                        f"set data.split to one of {sorted(ds)}"
-                    )
-                ds = ds[self.split]
-            return ds
+            if isinstance(ds, datasets.DatasetDict) and self.split not in ds:
+                raise ValueError(
+                    f"data.name_or_path={self.name_or_path} has no split {self.split!r}; "
+                    f"set data.split to one of {sorted(ds)}"
+                )
+            return ds[self.split] if isinstance(ds, datasets.DatasetDict) else ds
         try:
             return datasets.load_dataset(self.name_or_path, split=self.split)
         except Exception as e:
@@ -355,9 +312,7 @@ class HFDatasetTask(_ChatTask):
 
     def _column_map(self, available: list[str]) -> dict[str, str]:
         cols = dict(self.columns or {})
-        styles = ({"messages"}, {"prompt", "response"})
-        logical = set(cols) - {"family"}
-        if logical not in styles:
+        if set(cols) - {"family"} not in ({"messages"}, {"prompt", "response"}):
             raise ValueError(
                 f"data.columns={cols} must map either `messages` or both `prompt` and `response` "
                 "(plus optional `family`); to replace the default mapping on the command line use "

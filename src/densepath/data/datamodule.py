@@ -77,7 +77,7 @@ class DemoDataModule(L.LightningDataModule):
         self.seed = seed
 
     def train_dataloader(self) -> DataLoader:
-        from densepath.callbacks.resume import ResumableLoader
+        from densepath.data.loader import ResumableLoader
 
         # order = f(seed, epoch); position saved in checkpoints: exact mid-epoch resume
         return ResumableLoader(self.train_set, self.batch_size, self.seed, collate_fn=self.collate)

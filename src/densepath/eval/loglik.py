@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from densepath.data.datamodule import Collator, encode_rows
-from densepath.rewards.logprobs import response_logprobs
+from densepath.models.logprobs import response_logprobs
 
 
 @torch.no_grad()

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 
-POLICY_STAGES = ("sft", "dpr", "continued_sft", "rloo")
 
-
-def _fmt(v) -> str:
+def fmt(v) -> str:
+    """A table cell: 3 decimals, `-` for a missing or NaN value."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v:.3f}"
 
 
 def final_table(metrics: dict, stages: list[str], headline: str) -> str:
-    rows = [s for s in stages if s in POLICY_STAGES and f"{s}/eval/sampled/{headline}" in metrics]
+    """One row per policy stage in `stages` that reported `eval` results."""
+    rows = [s for s in stages if f"{s}/eval/sampled/{headline}" in metrics]
     if not rows:
         return ""
     lines = [
@@ -23,23 +23,23 @@ def final_table(metrics: dict, stages: list[str], headline: str) -> str:
     ]
     for s in rows:
         g = lambda k, s=s: metrics.get(f"{s}/eval/{k}")  # noqa: E731
-        ci = f"[{_fmt(g(f'sampled/{headline}_lo'))}, {_fmt(g(f'sampled/{headline}_hi'))}]"
+        ci = f"[{fmt(g(f'sampled/{headline}_lo'))}, {fmt(g(f'sampled/{headline}_hi'))}]"
         lines.append(
-            f"| {s} | {_fmt(g(f'sampled/{headline}'))} {ci} | {_fmt(g(f'greedy/{headline}'))} | "
-            f"{_fmt(g('sampled/reward'))} | {_fmt(g('sampled/kl_to_sft'))} | {_fmt(g('sampled/length'))} |"
+            f"| {s} | {fmt(g(f'sampled/{headline}'))} {ci} | {fmt(g(f'greedy/{headline}'))} | "
+            f"{fmt(g('sampled/reward'))} | {fmt(g('sampled/kl_to_sft'))} | {fmt(g('sampled/length'))} |"
         )
     ref = metrics.get("sft/eval/expert_true_return")
     if ref is not None:
         lines.append(
-            f"\nexpert true return: {ref:.3f}; best possible: {_fmt(metrics.get('sft/eval/best_true_return'))}"
+            f"\nexpert true return: {ref:.3f}; best possible: {fmt(metrics.get('sft/eval/best_true_return'))}"
         )
     return "\n".join(lines)
 
 
-def print_final_table(ctx, stages: list[str]) -> None:
-    table = final_table(ctx.metrics, stages, ctx.task.headline)
+def print_final_table(metrics: dict, stages: list[str], headline: str, run_dir) -> None:
+    table = final_table(metrics, stages, headline)
     if table:
         print(
-            "\n## Final comparison on `eval` (held out)\n\n" + table + f"\n\nrun dir: {ctx.run_dir}\n",
+            "\n## Final comparison on `eval` (held out)\n\n" + table + f"\n\nrun dir: {run_dir}\n",
             flush=True,
         )

@@ -38,10 +38,6 @@ def configure(name: str | None, device) -> str | None:
     return _choice
 
 
-def current() -> str | None:
-    return _choice
-
-
 def apply(model):
     """Switch `model` (a transformers PreTrainedModel) to the run's kernel; returns it.
 

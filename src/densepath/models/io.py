@@ -70,6 +70,11 @@ def save_policy(model, tokenizer, path: str | Path) -> dict:
     return {"path": str(path), "sha256": digest}
 
 
+def snapshot_dir(root: str | Path, fraction: float) -> Path:
+    """Where the SFT snapshot at `fraction` of the optimiser steps lives under `<sft>/snapshots`."""
+    return Path(root) / f"frac_{fraction:.2f}"
+
+
 def _check_policy_dir(path: Path) -> None:
     if not (path / "config.json").exists():
         raise FileNotFoundError(

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-from densepath.callbacks.snapshots import snapshot_dir
-from densepath.models.io import load_policy, sha256_file
+from densepath.models.io import load_policy, sha256_file, snapshot_dir
+from densepath.models.logprobs import full_distribution_logprobs, response_logprobs
 from densepath.models.tokenizer import tokenizer_hash
 from densepath.rewards.formulations import ensemble_logp, uniform_logp
-from densepath.rewards.logprobs import full_distribution_logprobs, response_logprobs
 
 log = logging.getLogger(__name__)
 

@@ -11,18 +11,22 @@ at padded positions (e.g. -inf log-probs of pad tokens) never leak as NaN.
 | ``logprob``    | log pi_SFT  (no baseline)                      |
 | ``soft_bellman`` | Q(s_t, a_t) - V(s_{t+1}) from the SFT logits |
 | ``sparse``     | the sequence sum of a dense reward on the last real token |
+
+The classes at the end (`LogRatio`, `LogProb`, `SoftBellman`, `Sparse(inner)`) are what the
+`reward=` config group builds with `_target_`: each says what it reads (a baseline, the values V)
+and applies the post-processing (scale, clip).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from densepath.rewards.logprobs import check_right_padded
-
-FORMULATION_NAMES: tuple[str, ...] = ("log_ratio", "logprob", "soft_bellman", "sparse")
+from densepath.models.logprobs import check_right_padded
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -150,3 +154,76 @@ def ensemble_logp(
     logp = torch.log_softmax(mean, dim=-1)  # (B, T, V)
     picked = logp.gather(-1, response_ids.long().unsqueeze(-1)).squeeze(-1)  # (B, T)
     return _masked(picked, mask)
+
+
+@dataclass
+class Formulation:
+    """`reward=`: one per-token formulation and its post-processing (our defaults: scale 1, no clip).
+
+    `dtype` is the precision the frozen scorers run in (e.g. bfloat16 on GPU halves their memory).
+    """
+
+    scale: float = 1.0
+    clip: float | None = None
+    dtype: str = "float32"
+    name: ClassVar[str] = "formulation"
+    uses_baseline: ClassVar[bool] = False  # reads log pi_base (the `baseline` group)
+    needs_values: ClassVar[bool] = False  # reads V(s) = logsumexp of the SFT logits
+
+    def raw(self, logp_sft, mask, values_sft=None, logp_base=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, logp_sft, mask, values_sft=None, logp_base=None) -> torch.Tensor:
+        """Post-processed per-token rewards, 0 on padding. (B, T)"""
+        return postprocess(self.raw(logp_sft, mask, values_sft, logp_base), mask, self.scale, self.clip)
+
+    def describe(self) -> dict:
+        return {"formulation": self.name, "scale": self.scale, "clip": self.clip}
+
+
+@dataclass
+class LogRatio(Formulation):
+    name: ClassVar[str] = "log_ratio"
+    uses_baseline: ClassVar[bool] = True
+
+    def raw(self, logp_sft, mask, values_sft=None, logp_base=None):
+        return log_ratio(logp_sft, logp_base.to(logp_sft.dtype), mask)
+
+
+@dataclass
+class LogProb(Formulation):
+    name: ClassVar[str] = "logprob"
+
+    def raw(self, logp_sft, mask, values_sft=None, logp_base=None):
+        return logprob(logp_sft, mask)
+
+
+@dataclass
+class SoftBellman(Formulation):
+    name: ClassVar[str] = "soft_bellman"
+    needs_values: ClassVar[bool] = True
+
+    def raw(self, logp_sft, mask, values_sft=None, logp_base=None):
+        return soft_bellman(logp_sft, values_sft, mask)
+
+
+@dataclass
+class Sparse(Formulation):
+    """The sequence sum of `inner` (default `log_ratio`) on the last real token."""
+
+    inner: Formulation = field(default_factory=LogRatio)
+    name: ClassVar[str] = "sparse"
+
+    @property
+    def uses_baseline(self) -> bool:  # type: ignore[override]
+        return self.inner.uses_baseline
+
+    @property
+    def needs_values(self) -> bool:  # type: ignore[override]
+        return self.inner.needs_values
+
+    def raw(self, logp_sft, mask, values_sft=None, logp_base=None):
+        return sparse(self.inner.raw(logp_sft, mask, values_sft, logp_base), mask)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "inner": self.inner.name}

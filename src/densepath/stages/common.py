@@ -1,8 +1,7 @@
-"""Helpers shared by the stages: trainer construction, policy loading, evaluation and printing."""
+"""What the stages share: the sampler, the trainer, resume, the evaluation report."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -10,7 +9,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from densepath.data.task import check_rollout_length
 from densepath.eval.evaluate import evaluate_policy, format_table
+from densepath.eval.loglik import heldout_nll
+from densepath.models.device import autocast_for
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,12 @@ def flat_config(cfg) -> dict:
 
     walk("", OmegaConf.to_container(cfg, resolve=True))
     return out
+
+
+def build_sampler(ctx):
+    """The configured sampler (the one home of decoding settings), checked against the task's horizon."""
+    check_rollout_length(ctx.task, ctx.cfg.sampler.max_new_tokens)
+    return instantiate(ctx.cfg.sampler).configure(ctx.tokenizer)
 
 
 def make_trainer(ctx, stage: str, *, max_steps: int, callbacks: list, logger, **overrides):
@@ -71,74 +79,22 @@ def resume_checkpoint(ctx, stage: str) -> str | None:
     return None
 
 
-def autocast_kind(ctx) -> str | None:
-    """The autocast device type for generation/scoring when the trainer trains in bf16, else None."""
-    if not str(ctx.cfg.trainer.get("precision", "32")).startswith("bf16"):
-        return None
-    on_gpu = torch.cuda.is_available() and ctx.cfg.trainer.get("accelerator") in ("gpu", "cuda")
-    return "cuda" if on_gpu else "cpu"
-
-
-def autocast_for(ctx):
-    """bf16 autocast for generation/scoring when the trainer trains in bf16 (faster on CPU too)."""
-    kind = autocast_kind(ctx)
-    return torch.autocast(kind, dtype=torch.bfloat16) if kind else contextlib.nullcontext()
-
-
-def device_for(ctx) -> torch.device:
-    acc = str(ctx.cfg.trainer.get("accelerator", "cpu"))
-    if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def entropy_per_token(logp: torch.Tensor, mask: torch.Tensor):
-    """Per-sample entropy estimate of the sampling policy: mean over response tokens of -log pi. (B,)"""
-    m = mask.float()
-    return (-(logp.float() * m).sum(-1) / m.sum(-1).clamp(min=1)).cpu().numpy()
-
-
-def entropy_extra(policy):
-    """`evaluate_policy` extra: the entropy estimate of each sample."""
-    from densepath.rewards.logprobs import response_logprobs
-
-    @torch.no_grad()
-    def extra(b):
-        b = b.to(next(policy.parameters()).device)
-        lp = response_logprobs(policy, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask).logp
-        return {"entropy_est": entropy_per_token(lp, b.response_mask)}
-
-    return extra
-
-
 def evaluate_and_report(ctx, model, *, title: str, splits=("val", "eval"), extra=None) -> dict[str, float]:
-    sampler = instantiate(ctx.cfg.sampler).configure(ctx.tokenizer)
+    """Greedy and sampled evaluation on `splits` (sizes `eval.<split>_size`), printed as a table."""
+    sampler = build_sampler(ctx)
     task = ctx.task
-    ev = ctx.cfg.eval
     metrics: dict[str, float] = {}
     model.eval()
-    with autocast_for(ctx):
+    with autocast_for(ctx.cfg.trainer):
         for split in splits:
-            rows = task.splits()[split][: ev.get(f"{split}_size") or None]
-            m, _ = evaluate_policy(
-                model,
-                ctx.tokenizer,
-                task,
-                rows,
-                sampler,
-                split=split,
-                temperature=ev.temperature,
-                extra=extra,
-            )
+            rows = task.splits()[split][: ctx.cfg.eval.get(f"{split}_size") or None]
+            m, _ = evaluate_policy(model, ctx.tokenizer, task, rows, sampler, split=split, extra=extra)
             metrics.update(m)
-            if not task.has_verifier and task.headline == "nll":
-                from densepath.eval.loglik import heldout_nll
-
+            if not task.verifiable:
                 for k, v in heldout_nll(model, ctx.tokenizer, task, rows).items():
                     metrics[f"{split}/{k}"] = v
                     metrics[f"{split}/sampled/{k}"] = v  # not sampled: listed there so tables find it
-    if hasattr(task, "reference_metrics"):
-        metrics.update({f"eval/{k}": v for k, v in task.reference_metrics().items()})
+    metrics.update({f"eval/{k}": v for k, v in task.reference_metrics().items()})
     families = sorted({r["family"] for r in task.splits()["eval"]})
     table = format_table(metrics, "eval", task.headline, families if len(families) > 1 else [], title=title)
     print("\n" + table + "\n", flush=True)

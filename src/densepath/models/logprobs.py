@@ -1,28 +1,17 @@
 """Teacher-forced per-token log-probabilities of a response under a causal LM.
 
-This is the single scoring kernel used by the reward models (frozen pi_SFT and
-pi_base, no grad) and by the policy loss (pi_theta, with grad). It follows the
-project batch layout:
+The single scoring kernel of the reward models (frozen, no grad) and of the policy loss (with
+grad). Batch layout: ``prompt_ids (B, P)`` LEFT-padded with ``prompt_mask (B, P)``;
+``response_ids (B, T)`` RIGHT-padded with ``response_mask (B, T)`` (EOS is a real token, anything
+after it 0); ``position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)``; response token ``t``
+(index ``P + t``) is predicted by the hidden state at ``P + t - 1``.
 
-- ``prompt_ids (B, P)`` LEFT-padded, ``prompt_mask (B, P)``;
-- ``response_ids (B, T)`` RIGHT-padded, ``response_mask (B, T)`` (EOS is a real
-  token; anything after it is 0);
-- ``input_ids = cat([prompt_ids, response_ids], 1)`` and
-  ``position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)``;
-- response token ``t`` (index ``P + t``) is predicted by the hidden state at
-  index ``P + t - 1``, so the T needed hidden states sit at ``P-1 .. P+T-2``.
+Memory: the backbone runs once; the output head is applied only to the real response-predicting
+hidden states, ``chunk_size`` rows at a time, each chunk checkpointed under autograd, so peak
+extra memory is O(chunk_size * V), never O(B * T * V).
 
-Memory: the backbone runs once over the whole sequence, but the output head is
-applied only to the T response-predicting hidden states, and only
-``chunk_size`` rows of them at a time. Under autograd each chunk is
-checkpointed, so the (chunk_size, V) logits are recomputed in backward instead
-of being kept alive: peak extra memory is O(chunk_size * V) in both passes,
-never O(B * T * V).
-
-Limitation: the logits are taken as ``model.get_output_embeddings()(h)``.
-Models that post-process logits inside ``forward`` (final logit soft-capping,
-``logit_scale``) are not reproduced exactly; the Llama-family models used here
-do not do that.
+Limitation: logits are ``model.get_output_embeddings()(h)``, so models that post-process logits
+inside ``forward`` (soft-capping, ``logit_scale``) are not reproduced exactly; Llama models do not.
 """
 
 from __future__ import annotations
@@ -36,7 +25,6 @@ from torch.utils.checkpoint import checkpoint
 
 logger = logging.getLogger(__name__)
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 # auto chunk: 2**24 logits (64 MiB in fp32) per chunk: 341 rows at SmolLM2's 49,152 vocabulary,
 # the whole batch at the built-in tasks' ~500 tokens
 CHUNK_ELEMENTS = 1 << 24
@@ -44,22 +32,15 @@ CHUNK_ELEMENTS = 1 << 24
 
 @dataclass
 class TokenLogProbs:
-    """Per-token scores of a response.
+    """Per-token scores of a response, 0 where ``response_mask == 0``.
 
-    ``logp``: (B, T) log pi(y_t | s_t) at the requested temperature, 0 where
-    ``response_mask == 0``.
-    ``values``: (B, T) soft value V(s_t) = logsumexp_a z(s_t, a) / temperature,
-    0 where masked; only filled when ``return_values=True``. The soft
+    ``logp``: (B, T) log pi(y_t | s_t) at the requested temperature. ``values``: (B, T) soft value
+    V(s_t) = logsumexp_a z(s_t, a) / temperature, only with ``return_values=True``; the soft
     Q-value of the taken action is ``logp + values``.
     """
 
     logp: torch.Tensor
     values: torch.Tensor | None = None
-
-
-# --------------------------------------------------------------------------- #
-# validation helpers
-# --------------------------------------------------------------------------- #
 
 
 def _check_batch(
@@ -114,18 +95,12 @@ def check_right_padded(mask: torch.Tensor, name: str = "mask") -> None:
         )
 
 
-# --------------------------------------------------------------------------- #
-# building blocks
-# --------------------------------------------------------------------------- #
-
-
 def _backbone(model: nn.Module) -> nn.Module:
     """Return the decoder stack without the LM head (``get_decoder()`` or ``model.model``)."""
     get_decoder = getattr(model, "get_decoder", None)
-    if callable(get_decoder):
-        dec = get_decoder()
-        if isinstance(dec, nn.Module) and dec is not model:
-            return dec
+    dec = get_decoder() if callable(get_decoder) else None
+    if isinstance(dec, nn.Module) and dec is not model:
+        return dec
     dec = getattr(model, "model", None)
     if isinstance(dec, nn.Module):
         return dec
@@ -133,17 +108,6 @@ def _backbone(model: nn.Module) -> nn.Module:
         f"cannot find the backbone of {type(model).__name__}: expected a HF causal LM exposing "
         "get_decoder() or .model. Pass a *ForCausalLM model."
     )
-
-
-def _output_head(model: nn.Module) -> nn.Module:
-    """Return the LM head (``get_output_embeddings()``)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        raise TypeError(
-            f"{type(model).__name__}.get_output_embeddings() returned None; pass a *ForCausalLM model "
-            "with an lm_head."
-        )
-    return head
 
 
 def build_inputs(
@@ -171,28 +135,21 @@ def hidden_states(
 ) -> torch.Tensor:
     """Final-layer hidden states (B, L, H) from the backbone only.
 
-    Why: running ``model(...)`` would apply the LM head at every position and materialise
-    (B, L, V) logits; we only need the head at the response-predicting positions, in chunks.
+    Why: ``model(...)`` would apply the LM head at every position and materialise (B, L, V) logits.
     """
     out = _backbone(model)(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     )
-    h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    return h  # (B, L, H)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, L, H)
 
 
 def selective_log_softmax(
     logits_chunk: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(logits[index] - logsumexp(logits), logsumexp(logits))`` along the last dim.
-
-    Why: a full ``log_softmax`` would allocate a second (N, V) tensor just to read one entry per
-    row; gathering and subtracting the logsumexp needs only O(N) extra.
+    """``(logits[index] - logsumexp(logits), logsumexp(logits))`` along the last dim.
 
     ``logits_chunk`` (N, V) (any leading dims), ``index`` (N,) integer -> ``logp`` (N,), ``lse`` (N,).
+    Why: a full ``log_softmax`` would allocate a second (N, V) tensor to read one entry per row.
     """
     if index.shape != logits_chunk.shape[:-1]:
         raise ValueError(
@@ -206,18 +163,38 @@ def selective_log_softmax(
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Upcast half precisions to float32 for the softmax; keep float32/float64 as they are."""
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _tempered_logits(head: nn.Module, h: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``head(h)`` upcast by ``_compute_dtype`` and divided by ``temperature``, (..., V)."""
+    z = head(h)  # (..., V)
+    z = z.to(_compute_dtype(z.dtype))
+    if temperature != 1.0:
+        z = z / temperature
+    return z
 
 
 def _head_chunk(
     head: nn.Module, h_chunk: torch.Tensor, idx_chunk: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits for one chunk of rows, tempered and upcast, reduced to (logp, lse)."""
-    z = head(h_chunk)  # (c, V)
-    z = z.to(_compute_dtype(z.dtype))
-    if temperature != 1.0:
-        z = z / temperature
-    return selective_log_softmax(z, idx_chunk)
+    """Logits for one chunk of rows, tempered and upcast, reduced to (logp, lse), each (c,)."""
+    return selective_log_softmax(_tempered_logits(head, h_chunk, temperature), idx_chunk)
+
+
+def _checked_head(model: nn.Module, temperature: float, *batch: torch.Tensor) -> nn.Module:
+    """Validate the temperature and ``batch`` (prompt_ids, prompt_mask, response_ids, response_mask);
+    return the model's LM head."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}; use 1.0 for the untempered policy.")
+    _check_batch(*batch)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise TypeError(
+            f"{type(model).__name__}.get_output_embeddings() returned None; pass a *ForCausalLM model "
+            "with an lm_head."
+        )
+    return head
 
 
 def _response_hidden(
@@ -229,19 +206,11 @@ def _response_hidden(
 ) -> torch.Tensor:
     """The T hidden states that predict the response tokens, (B, T, H)."""
     P, T = prompt_ids.shape[1], response_ids.shape[1]
-    input_ids, attention_mask, position_ids = build_inputs(
-        prompt_ids, prompt_mask, response_ids, response_mask
-    )
-    # The last response token's hidden state predicts nothing we score: drop it (causal model,
-    # so the remaining states are unchanged).
+    # The last response token's hidden state predicts nothing we score: drop it (causal model).
     L = P + T - 1
-    h = hidden_states(model, input_ids[:, :L], attention_mask[:, :L], position_ids[:, :L])  # (B, L, H)
+    inputs = build_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+    h = hidden_states(model, *(x[:, :L] for x in inputs))  # (B, L, H)
     return h[:, P - 1 : P + T - 1]  # (B, T, H)
-
-
-# --------------------------------------------------------------------------- #
-# public scorers
-# --------------------------------------------------------------------------- #
 
 
 def response_logprobs(
@@ -251,30 +220,20 @@ def response_logprobs(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     *,
-    temperature: float = 1.0,
     return_values: bool = False,
+    temperature: float = 1.0,
     chunk_size: int | None = None,
 ) -> TokenLogProbs:
     """Teacher-forced log pi(y_t | x, y_<t) (and optionally V(s_t)) for every response token.
 
-    The backbone runs once; the LM head is applied to the real response-predicting rows only,
-    ``chunk_size`` rows at a time (checkpointed under autograd), so memory is O(chunk_size * V).
-    Differentiable w.r.t. the model parameters. Logits are divided by ``temperature`` before
-    the softmax. Half-precision logits are upcast to float32 per chunk; float64 models stay float64.
-    Returns zeros at masked positions.
+    Differentiable w.r.t. the model parameters; logits are divided by ``temperature`` and
+    half-precision ones upcast to float32 per chunk (module docstring). Zeros at masked positions.
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; use 1.0 for the untempered policy.")
-    _check_batch(prompt_ids, prompt_mask, response_ids, response_mask)
+    head = _checked_head(model, temperature, prompt_ids, prompt_mask, response_ids, response_mask)
     B, T = response_ids.shape
-    head = _output_head(model)
     if chunk_size is None:  # auto: a fixed budget of logits per chunk, whatever the vocabulary
-        weight = getattr(head, "weight", None)
-        vocab = (
-            int(weight.shape[0])
-            if weight is not None
-            else getattr(getattr(model, "config", None), "vocab_size", None)
-        )
+        weight, config = getattr(head, "weight", None), getattr(model, "config", None)
+        vocab = int(weight.shape[0]) if weight is not None else getattr(config, "vocab_size", None)
         chunk_size = max(1, CHUNK_ELEMENTS // int(vocab)) if vocab else 1024
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1 (or None for auto), got {chunk_size}")
@@ -293,25 +252,16 @@ def response_logprobs(
     use_ckpt = torch.is_grad_enabled() and (
         sel_h.requires_grad or any(p.requires_grad for p in head.parameters())
     )
-    logps, lses = [], []
-    for start in range(0, sel_h.shape[0], int(chunk_size)):  # loop over chunks, not tokens
-        hc = sel_h[start : start + chunk_size]  # (c, H)
-        ic = sel_idx[start : start + chunk_size]  # (c,)
-        if use_ckpt:
-            lp, lse = checkpoint(_head_chunk, head, hc, ic, float(temperature), use_reentrant=False)
-        else:
-            lp, lse = _head_chunk(head, hc, ic, float(temperature))
-        logps.append(lp)
-        lses.append(lse)
-
+    chunks = []
+    for start in range(0, sel_h.shape[0], chunk_size):  # loop over chunks, not tokens
+        hc, ic = sel_h[start : start + chunk_size], sel_idx[start : start + chunk_size]  # (c, H), (c,)
+        args = (head, hc, ic, float(temperature))
+        chunks.append(checkpoint(_head_chunk, *args, use_reentrant=False) if use_ckpt else _head_chunk(*args))
     out_dtype = _compute_dtype(flat_h.dtype)
-    if logps:
-        logp_sel = torch.cat(logps)  # (N,)
-        lse_sel = torch.cat(lses)  # (N,)
+    logp_sel = lse_sel = flat_h.new_zeros(0, dtype=out_dtype)  # every row empty
+    if chunks:
+        logp_sel, lse_sel = (torch.cat(parts) for parts in zip(*chunks))  # (N,), (N,)
         out_dtype = logp_sel.dtype
-    else:  # every row empty
-        logp_sel = flat_h.new_zeros(0, dtype=out_dtype)
-        lse_sel = flat_h.new_zeros(0, dtype=out_dtype)
 
     zeros = torch.zeros(B * T, device=flat_h.device, dtype=out_dtype)
     logp = zeros.index_put((rows,), logp_sel).view(B, T)  # (B, T)
@@ -327,25 +277,16 @@ def full_distribution_logprobs(
     response_mask: torch.Tensor,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """log-softmax over the whole vocabulary at every response position, (B, T, V).
+    """log-softmax over the whole vocabulary at every response position, (B, T, V); 0 where masked.
 
-    WARNING: materialises a B*T*V tensor. Meant for small exact computations only (ensemble
-    baseline normaliser, exact KL, entropy). Rows where ``response_mask == 0`` are all zeros.
+    WARNING: materialises a B*T*V tensor; for small exact computations only (ensemble normaliser, KL).
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; use 1.0 for the untempered policy.")
-    _check_batch(prompt_ids, prompt_mask, response_ids, response_mask)
+    head = _checked_head(model, temperature, prompt_ids, prompt_mask, response_ids, response_mask)
     B, T = response_ids.shape
-    head = _output_head(model)
     if T == 0:
         V = head.weight.shape[0]
         return torch.zeros(B, 0, V, device=response_ids.device, dtype=_compute_dtype(head.weight.dtype))
     h = _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)  # (B, T, H)
-    z = head(h)  # (B, T, V)
-    z = z.to(_compute_dtype(z.dtype))
-    if temperature != 1.0:
-        z = z / temperature
-    logp = torch.log_softmax(z, dim=-1)  # (B, T, V)
-    return torch.where(
-        (response_mask != 0).unsqueeze(-1), logp, torch.zeros((), dtype=logp.dtype, device=logp.device)
-    )
+    logp = torch.log_softmax(_tempered_logits(head, h, temperature), dim=-1)  # (B, T, V)
+    real = (response_mask != 0).unsqueeze(-1)  # (B, T, 1)
+    return torch.where(real, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))

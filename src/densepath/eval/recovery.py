@@ -3,7 +3,7 @@
 - Corruption probe (the paper's Figure 1), verifiable tasks: score held-out demonstrations and
   copies with one verifier-checked character altered; report how often the altered token gets the
   lowest reward in its response (vs chance 1/length) and the AUROC of corrupted vs clean tokens.
-- Fidelity, known_reward: Pearson/Spearman of recovered vs true return within each policy's samples
+- Fidelity, tasks with a known reward: Pearson/Spearman of recovered vs true return within each policy's samples
   (expert, SFT, baseline, uniform) and pooled.
 - Separation, verifiable tasks: AUROC of the sequence reward between correct and wrong SFT samples.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,15 +21,6 @@ from densepath.data.formatting import Encoded, encode_many, encode_prompt
 from densepath.eval import probes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Scored:
-    encoded: list[Encoded]
-    rewards: list[np.ndarray]  # per row, aligned with response_ids
-    source: list[str]
-    family: list[str]
-    labels: list[str] = field(default_factory=list)
 
 
 def score_encoded(
@@ -105,13 +95,11 @@ def corruption_report(reward, task, tokenizer, rows, device, seed: int = 0) -> t
         ),  # corrupted responses should score lower as a whole
     }
     metrics.update({f"reward/{k}": v for k, v in probes.reward_stats(rc, mc).items()})
-    per_family = {}
     fams = np.array([r["family"] for r in kept])
     for f in sorted(set(fams)):
         idx = torch.tensor(np.nonzero(fams == f)[0])
         d = probes.detection_rate(rb[idx], mb[idx], positions[idx])
         metrics[f"probe/{f}/detection_rate"] = d["detection_rate"]
-        per_family[f] = d
     details = {"clean": (clean, rc, mc), "corrupt": (bad, rb, mb), "positions": pos, "rows": kept}
     return metrics, details
 
@@ -140,24 +128,17 @@ def separation_report(reward, task, tokenizer, rows, enc, texts, device) -> dict
     return out
 
 
-def fidelity_report(
-    reward, task, tokenizer, policies: dict[str, list[list[int]]], device
-) -> dict[str, float]:
-    """known_reward: recovered vs true return within each policy's samples (token-id sequences over
-    the MDP's action ids, EOS = n_tokens) and pooled."""
-    from densepath.data.known_reward import to_text
-
-    mdp = task.mdp
+def fidelity_report(reward, task, tokenizer, policies: dict[str, list[str]], device) -> dict[str, float]:
+    """Known reward: recovered vs true return within each policy's answers and pooled. Malformed
+    answers are left out here (the task reads each well-formed answer as it scores it)."""
     rec, true = {}, {}
-    for name, seqs in policies.items():
-        rows = [
-            {"family": task.name, "prompt": "", "response": to_text(s, task.n_tokens), "meta": {}}
-            for s in seqs
-        ]
+    for name, texts in policies.items():
+        answers, returns = task.scored_answers(texts)
+        rows = [{"family": task.name, "prompt": "", "response": a, "meta": {}} for a in answers]
         enc = encode_many(tokenizer, [(task.messages(r), r["response"]) for r in rows])
         r, m = score_encoded(reward, enc, tokenizer.pad_token_id, device)
         rec[name] = (r * m).sum(-1).numpy().astype(np.float64)
-        true[name] = mdp.true_return(seqs).numpy()
+        true[name] = np.asarray(returns, dtype=np.float64)
     out = {f"fidelity/{k}": v for k, v in probes.fidelity(rec, true).items()}
     for name in policies:
         out[f"fidelity/{name}/true_return"] = float(true[name].mean())
