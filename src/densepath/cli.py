@@ -37,23 +37,6 @@ def _set_offline(cfg: DictConfig) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def run(cfg: DictConfig) -> dict:
-    _set_offline(cfg)
-    from hydra.core.hydra_config import HydraConfig
-
-    from densepath.stages.runner import run_stages
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return run_stages(cfg, run_dir)
-
-
-def _is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 @hydra.main(config_path=_conf_dir(), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """One job. Returns the VALIDATION headline (the Optuna objective; eval is never optimised).
@@ -62,15 +45,19 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     in a multirun the other jobs still run.
     """
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    done = run_dir / "metrics.json"
-    if cfg.get("resume") == "auto" and _is_multirun() and (run_dir / "DONE").exists():
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    if cfg.get("resume") == "auto" and hc.mode == RunMode.MULTIRUN and (run_dir / "DONE").exists():
         logging.getLogger(__name__).info("resume=auto: job %s already finished, skipped", run_dir)
-        return json.loads(done.read_text()).get("objective")
+        return json.loads((run_dir / "metrics.json").read_text()).get("objective")
     try:
-        metrics = run(cfg)
+        _set_offline(cfg)
+        from densepath.stages.runner import run_stages
+
+        metrics = run_stages(cfg, run_dir)
     except Exception as e:
         (run_dir / "error.json").write_text(
             json.dumps({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}, indent=2)
@@ -78,6 +65,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         raise
     (run_dir / "DONE").write_text("finished\n")
     return metrics.get("objective")
+
+
+def _newest(paths) -> Path | None:
+    """The most recently modified of `paths` (the first of equals), None when there are none."""
+    return max(paths, key=lambda f: f.stat().st_mtime, default=None)
 
 
 def _resume_sweep_dir(argv: list[str]) -> list[str]:
@@ -90,16 +82,15 @@ def _resume_sweep_dir(argv: list[str]) -> list[str]:
     import yaml
 
     wanted = sorted(a for a in argv if "=" in a and not a.startswith("-") and a != "resume=auto")
-    best = None
-    for f in Path("multirun").glob("*/*/multirun.yaml"):
+
+    def same_overrides(f: Path) -> bool:
         try:
             task = yaml.safe_load(f.read_text())["hydra"]["overrides"]["task"]
         except (OSError, KeyError, TypeError, yaml.YAMLError):
-            continue
-        if sorted(o for o in task if o != "resume=auto") == wanted and (
-            best is None or f.stat().st_mtime > best.stat().st_mtime
-        ):
-            best = f
+            return False
+        return sorted(o for o in task if o != "resume=auto") == wanted
+
+    best = _newest(f for f in Path("multirun").glob("*/*/multirun.yaml") if same_overrides(f))
     if best is None:
         return argv
     logging.getLogger(__name__).warning("resume=auto: continuing the sweep in %s", best.parent)
@@ -121,18 +112,16 @@ def _resume_run_dir(argv: list[str]) -> list[str]:
     overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.startswith("hydra.")]
     with initialize_config_dir(config_dir=_conf_dir(), version_base="1.3"):
         want = config_hash(compose(config_name="config", overrides=overrides))
-    best = None
-    for man in Path("outputs").glob("**/manifest.json"):
-        run = man.parent
-        if (run / "DONE").exists() or not (run / ".hydra").is_dir():
-            continue
+
+    def unfinished_match(man: Path) -> bool:
+        if (man.parent / "DONE").exists() or not (man.parent / ".hydra").is_dir():
+            return False
         try:
-            if json.loads(man.read_text()).get("config_hash") != want:
-                continue
+            return json.loads(man.read_text()).get("config_hash") == want
         except (OSError, ValueError):
-            continue
-        if best is None or man.stat().st_mtime > best.stat().st_mtime:
-            best = man
+            return False
+
+    best = _newest(m for m in Path("outputs").glob("**/manifest.json") if unfinished_match(m))
     if best is None:
         print("resume=auto: no unfinished run with this configuration; starting a new one", file=sys.stderr)
         return argv

@@ -45,17 +45,11 @@ def git_revision() -> str | None:
         return None
 
 
-def _json_safe(v):
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        return None
-    return v
-
-
 def atomic_write_json(path: Path, data: dict) -> None:
+    """Non-finite floats become null (strict JSON); written to `<name>.tmp`, then renamed."""
+    safe = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()}
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps({k: _json_safe(v) for k, v in data.items()}, indent=2, sort_keys=True, default=str)
-    )
+    tmp.write_text(json.dumps(safe, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
 
 
@@ -92,27 +86,24 @@ class RunContext:
         }
         ctx.tracking = instantiate(cfg.logger) if cfg.get("logger") else None
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        old = ctx.run_dir / "manifest.json"
+        old, old_metrics = ctx.run_dir / "manifest.json", ctx.run_dir / "metrics.json"
         if old.exists() and cfg.get("resume") != "auto":
             raise FileExistsError(
                 f"{ctx.run_dir} already holds a run (manifest.json); a new run never reuses a run dir. "
                 "Continue it with resume=auto, or choose another hydra.run.dir"
             )
-        if cfg.get("resume") == "auto" and old.exists():  # continuing this run dir: keep what it recorded
+        if old.exists():  # resume=auto, continuing this run dir: keep what it recorded
             prev = json.loads(old.read_text())
             ctx.manifest["stages"] = prev.get("stages", {})
             ctx.manifest["checkpoints"] = prev.get("checkpoints", {})
-            if (ctx.run_dir / "metrics.json").exists():
-                ctx.metrics = {
-                    k: v for k, v in json.loads((ctx.run_dir / "metrics.json").read_text()).items()
-                }
+            if old_metrics.exists():
+                ctx.metrics = json.loads(old_metrics.read_text())
         ctx.flush()  # the config hash is on disk from the start: resume=auto can find an unfinished run
         return ctx
 
     def stage_finished(self, stage: str) -> bool:
         """True when this run dir already holds the stage's final manifest (written after evaluation)."""
-        p = self.run_dir / stage / "manifest.json"
-        if not p.exists():
+        if not (self.run_dir / stage / "manifest.json").exists():
             return False
         if stage == "sft":  # later stages need the tokenizer
             from densepath.models.io import load_tokenizer
@@ -121,8 +112,7 @@ class RunContext:
         return True
 
     def stage_dir(self, stage: str) -> Path:
-        d = self.run_dir / stage
-        d.mkdir(parents=True, exist_ok=True)
+        (d := self.run_dir / stage).mkdir(parents=True, exist_ok=True)
         return d
 
     def artefact_dir(self, stage: str) -> Path:
@@ -130,12 +120,10 @@ class RunContext:
         mine = self.run_dir / stage
         if (mine / "manifest.json").exists():
             return mine
-        if self.parent_run is not None:
-            for cand in (self.parent_run / stage, self.parent_run):
-                if (cand / "manifest.json").exists() and json.loads((cand / "manifest.json").read_text()).get(
-                    "stage"
-                ) == stage:
-                    return cand
+        for cand in (self.parent_run / stage, self.parent_run) if self.parent_run is not None else ():
+            man = cand / "manifest.json"
+            if man.exists() and json.loads(man.read_text()).get("stage") == stage:
+                return cand
         raise FileNotFoundError(
             f"stage `{stage}` has no artefacts in {self.run_dir}"
             + (f" or in parent_run={self.parent_run}" if self.parent_run else "")
@@ -159,8 +147,7 @@ class RunContext:
 
     def record(self, stage: str, metrics: dict[str, float], manifest: dict) -> None:
         """Merge a finished stage's metrics/manifest and rewrite the run-level files."""
-        for k, v in metrics.items():
-            self.metrics[f"{stage}/{k}"] = v
+        self.metrics.update({f"{stage}/{k}": v for k, v in metrics.items()})
         self.manifest["stages"][stage] = manifest
         for name, info in manifest.get("checkpoints", {}).items():
             self.manifest["checkpoints"][f"{stage}/{name}"] = info

@@ -6,6 +6,7 @@ tracking run per stage and multirun jobs never merge into one run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -25,15 +26,10 @@ class NoTracking:
         return False
 
     def log_metrics(self, metrics: dict) -> None: ...
-
     def log_artifact(self, name: str, kind: str, path: Path, metadata: dict | None = None) -> None: ...
-
     def use_artifact(self, name: str) -> None: ...
-
     def log_table(self, name: str, columns: list[str], rows: list[list]) -> None: ...
-
     def log_html(self, name: str, path: Path) -> None: ...
-
     def finish(self, summary: dict | None = None) -> None: ...
 
 
@@ -47,11 +43,8 @@ class CSVTracking(NoTracking):
 
 @dataclass
 class WandbTracking(NoTracking):
-    """wandb in offline mode unless the user configured otherwise (WANDB_MODE / logger.mode).
-
-    A failure to start wandb (no network, bad key) never kills training: it warns once and falls
-    back to csv.
-    """
+    """wandb in offline mode unless the user configured otherwise (WANDB_MODE / logger.mode). A failure
+    to start wandb (no network, bad key) never kills training: it warns once and falls back to csv."""
 
     project: str = "densepath"
     entity: str | None = None
@@ -103,8 +96,11 @@ class WandbTracking(NoTracking):
         except Exception as e:  # noqa: BLE001 - tracking must never kill training
             log.warning("%s: %s", failure, _redact(str(e)))
 
+    def _log(self, failure: str, data: Callable[[Any], dict]) -> None:
+        self._guarded(failure, lambda wandb: self._run.log(data(wandb)))
+
     def log_metrics(self, metrics: dict) -> None:
-        self._guarded("wandb log failed", lambda wandb: self._run.log(metrics))
+        self._log("wandb log failed", lambda wandb: metrics)
 
     def log_artifact(self, name: str, kind: str, path: Path, metadata: dict | None = None) -> None:
         """Log a checkpoint dir / reward artefact; lineage in wandb's graph (SFT -> reward -> DPR)."""
@@ -124,16 +120,10 @@ class WandbTracking(NoTracking):
             self._guarded(f"wandb use_artifact({name}) failed", lambda wandb: self._run.use_artifact(use))
 
     def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
-        self._guarded(
-            "wandb table logging failed",
-            lambda wandb: self._run.log({name: wandb.Table(columns=columns, data=rows)}),
-        )
+        self._log("wandb table logging failed", lambda wandb: {name: wandb.Table(columns=columns, data=rows)})
 
     def log_html(self, name: str, path: Path) -> None:
-        self._guarded(
-            "wandb html logging failed",
-            lambda wandb: self._run.log({name: wandb.Html(Path(path).read_text())}),
-        )
+        self._log("wandb html logging failed", lambda wandb: {name: wandb.Html(Path(path).read_text())})
 
     def finish(self, summary: dict | None = None) -> None:
         def finish_it(wandb):
@@ -149,15 +139,13 @@ class WandbTracking(NoTracking):
 
 def _sweep_id() -> str | None:
     """The multirun id (sweep dir name) groups the jobs of one sweep in wandb."""
-    try:
+    with contextlib.suppress(Exception):  # outside a Hydra app
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
             return Path(hc.sweep.dir).name if Path(hc.sweep.dir).name not in ("", ".") else str(hc.sweep.dir)
-    except Exception:  # noqa: BLE001 - outside a Hydra app
-        pass
     return None
 
 

@@ -27,16 +27,13 @@ from densepath.data.loader import ResumableLoader
 log = logging.getLogger(__name__)
 
 
-class NonFiniteWeightsError(RuntimeError):
-    pass
+class NonFiniteWeightsError(RuntimeError): ...
 
 
 def _all_finite(obj) -> bool:
-    if torch.is_tensor(obj):
-        return bool(torch.isfinite(obj).all()) if obj.is_floating_point() else True
     if isinstance(obj, dict):
         return all(_all_finite(v) for v in obj.values())
-    return True
+    return not (torch.is_tensor(obj) and obj.is_floating_point()) or bool(torch.isfinite(obj).all())
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -60,17 +57,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 tmp.unlink()
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
-        path = Path(path)
-        if not path.is_file():
+        if not (path := Path(path)).is_file():
             raise FileNotFoundError(
                 f"checkpoint {path} not found; pass an existing ckpt_path=... or use resume=auto"
             )
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
-class LoaderProgress(L.Callback):
-    """Hands the trainer's step count to every ResumableLoader (one batch per optimiser step)."""
-
+class LoaderProgress(L.Callback):  # one batch per optimiser step: the step count is the position
     def on_train_start(self, trainer, pl_module):
         loaders = trainer.fit_loop._combined_loader.flattened if trainer.fit_loop._combined_loader else []
         for dl in loaders:
@@ -82,23 +76,15 @@ class LoaderProgress(L.Callback):
         pl_module.log("ckpt_step", float(trainer.global_step), logger=False, prog_bar=False)
 
 
-def _python_state() -> dict:
-    version, internal, gauss = random.getstate()
-    return {"version": version, "state": list(internal), "gauss": gauss}
-
-
-def _numpy_state() -> list:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-
-
 class RNGStateCallback(L.Callback):
     """Saves and restores every RNG the run draws from (plain types and tensors: weights_only-safe)."""
 
     def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = random.getstate()
+        name, keys, pos, has_gauss, cached = np.random.get_state()
         state = {
-            "python": _python_state(),
-            "numpy": _numpy_state(),
+            "python": {"version": version, "state": list(internal), "gauss": gauss},
+            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -136,5 +122,4 @@ def checkpoint_callbacks(stage_dir: Path, every_n_steps: int, keep_last: int) ->
 
 
 def last_checkpoint(stage_dir: Path) -> Path | None:
-    p = Path(stage_dir) / "ckpt" / "last.ckpt"
-    return p if p.is_file() else None
+    return p if (p := Path(stage_dir) / "ckpt" / "last.ckpt").is_file() else None

@@ -12,10 +12,8 @@ from densepath.eval.heatmap import write_heatmap
 
 class SampleTableCallback(L.Callback):
     def __init__(self, tokenizer, out_dir: Path, every_n_steps: int, tracking=None):
-        self.tok = tokenizer
-        self.out_dir = Path(out_dir)
-        self.every = int(every_n_steps)
-        self.tracking = tracking
+        self.tok, self.out_dir = tokenizer, Path(out_dir)
+        self.every, self.tracking = int(every_n_steps), tracking
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         s = getattr(pl_module, "last_samples", None)
@@ -25,31 +23,17 @@ class SampleTableCallback(L.Callback):
         for i in range(s["response_ids"].shape[0]):
             L_ = int(s["response_mask"][i].sum())
             ids = s["response_ids"][i, :L_].tolist()
-            prompt = self.tok.decode(
-                s["prompt_ids"][i][s["prompt_mask"][i].bool()].tolist(), skip_special_tokens=True
-            )
-            text = self.tok.decode(ids, skip_special_tokens=True)
+            prompt_ids = s["prompt_ids"][i][s["prompt_mask"][i].bool()].tolist()
+            prompt, text = (self.tok.decode(x, skip_special_tokens=True) for x in (prompt_ids, ids))
             truth = {k: v[i] for k, v in s["truth"].items()}
-            r = s["rewards"][i, :L_]
-            a = s["advantages"][i, :L_]
+            r, a = s["rewards"][i, :L_], s["advantages"][i, :L_]
             table.append([s["step"], prompt, text, str(truth), float(r.sum())])
             toks = self.tok.convert_ids_to_tokens(ids)
-            heat.append(
-                {
-                    "prompt": prompt,
-                    "tokens": toks,
-                    "rewards": r.tolist(),
-                    "label": f"reward sum {float(r.sum()):.2f} {truth}",
-                }
-            )
-            heat.append(
-                {"prompt": "(advantage)", "tokens": toks, "rewards": a.tolist(), "label": "advantages"}
-            )
-        path = write_heatmap(
-            self.out_dir / f"step_{s['step']:05d}.html",
-            heat,
-            title=f"RL samples at step {s['step']}: reward / advantage per token",
-        )
+            label = f"reward sum {float(r.sum()):.2f} {truth}"
+            heat.append({"prompt": prompt, "tokens": toks, "rewards": r.tolist(), "label": label})
+            heat.append({**heat[-1], "prompt": "(advantage)", "rewards": a.tolist(), "label": "advantages"})
+        title = f"RL samples at step {s['step']}: reward / advantage per token"
+        path = write_heatmap(self.out_dir / f"step_{s['step']:05d}.html", heat, title=title)
         if self.tracking is not None:
             self.tracking.log_table("samples", ["step", "prompt", "response", "verifier", "reward"], table)
             self.tracking.log_html("samples/heatmap", path)

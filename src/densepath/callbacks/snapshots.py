@@ -6,6 +6,7 @@ fractions feed `baseline=sft_fraction` / `ensemble`. The model before SFT is kep
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -23,9 +24,7 @@ class SnapshotCallback(L.Callback):
         for f in fractions:
             if not 0.0 < float(f) < 1.0:
                 raise ValueError(f"sft.snapshot_fractions: {f} is not in (0, 1); use e.g. [0.25, 0.5]")
-        self.root = Path(root)
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
+        self.root, self.tokenizer, self.batch_size = Path(root), tokenizer, batch_size
         # fraction -> the optimiser step after which it is taken (at least 1)
         self.targets = {float(f): max(1, round(float(f) * max_steps)) for f in fractions}
         self.saved: dict[str, dict] = {}
@@ -54,7 +53,5 @@ class SnapshotCallback(L.Callback):
                 self._write_index()
 
     def _write_index(self) -> None:
-        import json
-
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "index.json").write_text(json.dumps(self.saved, indent=2))

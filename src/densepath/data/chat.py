@@ -62,8 +62,8 @@ def _check_messages(value: Any, where: str, col: str) -> list[dict]:
     return out
 
 
-def _check_str(value: Any, where: str, col: str, what: str) -> str:
-    if not isinstance(value, str):
+def _check_str(obj: dict, where: str, col: str, what: str) -> str:
+    if not isinstance(value := obj.get(col), str):
         raise ValueError(f'{where}: "{col}" must be a string, got {type(value).__name__}')
     if not value.strip():
         raise ValueError(f'{where}: {what} is empty ("{col}"); drop the row or fill in {what}')
@@ -79,26 +79,20 @@ def parse_record(obj: Any, where: str, columns: dict[str, str] | None = None) ->
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}; {ROW_HINT}")
     if columns is None:
-        if "messages" in obj and ("prompt" in obj or "response" in obj):
+        pair = "prompt" in obj or "response" in obj
+        if "messages" in obj and pair:
             raise ValueError(f'{where}: has both "messages" and "prompt"/"response"; keep one style per row')
-        if "messages" in obj:
-            columns = {"messages": "messages", "family": "family"}
-        elif "prompt" in obj or "response" in obj:
-            for k in ("prompt", "response"):
-                if k not in obj:
-                    raise ValueError(f'{where}: "{k}" is missing; {ROW_HINT}')
-            columns = {"prompt": "prompt", "response": "response", "family": "family"}
-        else:
-            raise ValueError(f'{where}: "messages" is missing; {ROW_HINT} (keys found: {sorted(obj)})')
+        keys = ("prompt", "response") if pair else ("messages",)
+        if missing := [k for k in keys if k not in obj]:
+            hint = "" if pair else f" (keys found: {sorted(obj)})"
+            raise ValueError(f'{where}: "{missing[0]}" is missing; {ROW_HINT}{hint}')
+        columns = {k: k for k in (*keys, "family")}
     if "messages" in columns:
         conv = _check_messages(obj.get(columns["messages"]), where, columns["messages"])
         prompt_msgs, response = conv[:-1], conv[-1]["content"]
     else:
-        p = _check_str(obj.get(columns["prompt"]), where, columns["prompt"], "the prompt")
-        response = _check_str(
-            obj.get(columns["response"]), where, columns["response"], "the assistant answer"
-        )
-        prompt_msgs = [{"role": "user", "content": p}]
+        prompt_msgs = [{"role": "user", "content": _check_str(obj, where, columns["prompt"], "the prompt")}]
+        response = _check_str(obj, where, columns["response"], "the assistant answer")
     fam_col = columns.get("family")
     family = obj.get(fam_col) if fam_col else None
     family = "chat" if family is None else family
@@ -181,26 +175,19 @@ def split_counts(n_groups: int, fractions: dict[str, float], source: str) -> dic
 
 
 def carve_splits(
-    rows: list[dict],
-    *,
-    seed: int,
-    val_fraction: float,
-    eval_fraction: float,
-    rl_fraction: float,
-    source: str,
-    sizes: dict | None = None,
+    rows: list[dict], seed: int, fractions: dict[str, float], source: str, sizes: dict | None = None
 ) -> dict[str, list[dict]]:
     """Deterministic splits, disjoint by prompt conversation (all rows of one prompt share a split).
 
-    `sizes` optionally caps each split (e.g. the debug presets); caps apply after carving so the
-    held-out prompts never depend on the cap.
+    `fractions` holds the val/eval/rl fractions; `sizes` optionally caps each split (e.g. the debug
+    presets); caps apply after carving so the held-out prompts never depend on the cap.
     """
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(json.dumps(r["meta"]["messages"], sort_keys=True, ensure_ascii=False), []).append(r)
     keys = sorted(groups)  # independent of file order's hash randomisation; shuffled below
     random.Random(seed).shuffle(keys)
-    counts = split_counts(len(keys), {"val": val_fraction, "eval": eval_fraction, "rl": rl_fraction}, source)
+    counts = split_counts(len(keys), fractions, source)
     out, start = {}, 0
     for name in ("val", "eval", "rl", "sft"):
         out[name] = [r for k in keys[start : start + counts[name]] for r in groups[k]]
@@ -230,19 +217,11 @@ class _ChatTask(Task):
 
     def splits(self) -> dict[str, list[dict]]:
         if self._splits is None:
-            self._splits = carve_splits(
-                self._load_rows(),
-                seed=self.seed,
-                val_fraction=self.val_fraction,
-                eval_fraction=self.eval_fraction,
-                rl_fraction=self.rl_fraction,
-                source=self._source(),
-                sizes=self.sizes,
-            )
+            fractions = {"val": self.val_fraction, "eval": self.eval_fraction, "rl": self.rl_fraction}
+            self._splits = carve_splits(self._load_rows(), self.seed, fractions, self._source(), self.sizes)
         return self._splits
 
     def messages(self, row: dict) -> list[dict]:
-        """The prompt conversation, without the final assistant answer."""
         return row["meta"]["messages"]
 
     def corpus(self) -> list[str]:

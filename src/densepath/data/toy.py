@@ -6,11 +6,8 @@ wrong payload character is well defined, so probes can ask "does the recovered r
 at the corrupted token?". Every payload character (digit or letter) is written space-separated,
 so the project tokenizer maps it to its own token.
 
-Each family: `sample(rng)` -> Example (prompt + one expert demonstration with a randomly chosen
-phrasing), `verify(meta, response)` -> bool (judges the content, ignores the wording, never
-raises), `corrupt(meta, response, rng)` -> (response with ONE checked payload char replaced by a
-different char of the same class, its index). The families live in
-:mod:`densepath.data.toy_families`; this module draws the disjoint splits from them.
+The families (`sample`, `verify`, `corrupt`) live in :mod:`densepath.data.toy_families`; this
+module draws the disjoint splits from them.
 """
 
 from __future__ import annotations
@@ -39,12 +36,9 @@ def make_splits(
     unknown = [n for n in names if n not in FAMILIES]
     if unknown or not names:
         raise ValueError(f"make_splits: unknown families {unknown or names}; choose from {sorted(FAMILIES)}")
-    bad = {k: v for k, v in sizes.items() if not isinstance(v, int) or v < 0}
-    if bad:
+    if bad := {k: v for k, v in sizes.items() if not isinstance(v, int) or v < 0}:
         raise ValueError(f"make_splits: sizes must be non-negative ints, got {bad}")
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    out: dict[str, list[Example]] = {}
+    rng, seen, out = random.Random(seed), set(), {}
     order = [s for s in _SPLIT_PRIORITY if s in sizes] + [s for s in sizes if s not in _SPLIT_PRIORITY]
     for split in order:
         rows: list[Example] = []

@@ -31,9 +31,7 @@ class TaskFamily(Protocol):
     name: str
 
     def sample(self, rng: random.Random) -> Example: ...
-
     def verify(self, meta: dict, response: str) -> bool: ...
-
     def corrupt(self, meta: dict, response: str, rng: random.Random) -> tuple[str, int]: ...
 
 
@@ -188,9 +186,8 @@ class CountFamily(_RunFamily):
 
     def draw_answer(self, rng: random.Random) -> tuple[dict, dict]:
         c = rng.choice(_LOWER)
-        n = rng.randint(6, 10)
         # bias toward the target letter so counts are not almost always 0
-        s = "".join(c if rng.random() < 0.3 else rng.choice(_LOWER) for _ in range(n))
+        s = "".join(c if rng.random() < 0.3 else rng.choice(_LOWER) for _ in range(rng.randint(6, 10)))
         if s.count(c) > 9:
             s = s[:-1]
         return {"c": c, "s": _spaced(s)}, {"letter": c, "text": s, "answer": str(s.count(c))}
@@ -257,12 +254,9 @@ class WordsFamily(_Family):
         allowed = {w.lower() for w in meta["allowed"]}
         m = rng.choice(self._content(response))
         idx = rng.choice([m.start() + i for i, c in enumerate(m.group(0)) if c.isalpha()])
-        off = idx - m.start()
-        word = m.group(0)
+        off, w = idx - m.start(), m.group(0)
         # forbid replacements that would turn the word into another allowed word
-        avoid = {
-            c for c in _LOWER + _UPPER if (word[:off] + c + word[off + 1 :]).strip(_STRIP).lower() in allowed
-        }
+        avoid = {c for c in _LOWER + _UPPER if (w[:off] + c + w[off + 1 :]).strip(_STRIP).lower() in allowed}
         return idx, avoid
 
 
@@ -283,9 +277,7 @@ class JsonFamily(_Family):
 
     def check(self, meta: dict, response: str) -> bool:
         i, j = response.find("{"), response.rfind("}")
-        if i < 0 or j < i:
-            return False
-        obj = json.loads(response[i : j + 1])
+        obj = json.loads(response[i : j + 1])  # no "{...}" in the response: raises, so `verify` says False
         if not isinstance(obj, dict) or list(obj) != [meta["key"]]:
             return False
         value = obj[meta["key"]]

@@ -44,10 +44,7 @@ def robust_scale(rewards: Sequence[Sequence[float]]) -> float:
     flat = np.abs(flat[np.isfinite(flat)])
     if flat.size == 0:
         return 1.0
-    scale = float(np.percentile(flat, ROBUST_PERCENTILE))
-    if scale <= 0.0:
-        scale = float(flat.max())
-    return scale if scale > 0.0 else 1.0
+    return float(np.percentile(flat, ROBUST_PERCENTILE)) or float(flat.max()) or 1.0
 
 
 def reward_rgb(reward: float, scale: float) -> tuple[int, int, int]:
@@ -71,7 +68,6 @@ def _token_span(token: str, reward: float, scale: float) -> str:
 
 
 def _legend(scale: float) -> str:
-    """A five-step colour legend from -scale to +scale."""
     cells = "".join(
         f'<span style="{_style(v, scale)}">{v:+.3f}</span>'
         for v in (-scale, -scale / 2, 0.0, scale / 2, scale)
@@ -82,11 +78,10 @@ def _legend(scale: float) -> str:
 def token_heatmap_html(rows: list[dict], title: str = "") -> str:
     """Render rows ``{"prompt", "tokens", "rewards", "label"}`` as a self-contained HTML heatmap."""
     for i, row in enumerate(rows):
-        for key in ("tokens", "rewards"):
-            if key not in row:
-                raise ValueError(
-                    f"heatmap row {i} has no {key!r}; each row needs 'tokens' and 'rewards' lists."
-                )
+        if missing := [k for k in ("tokens", "rewards") if k not in row]:
+            raise ValueError(
+                f"heatmap row {i} has no {missing[0]!r}; each row needs 'tokens' and 'rewards' lists."
+            )
         if len(row["tokens"]) != len(row["rewards"]):
             raise ValueError(
                 f"heatmap row {i} has {len(row['tokens'])} tokens but {len(row['rewards'])} rewards; "
@@ -110,7 +105,6 @@ def token_heatmap_html(rows: list[dict], title: str = "") -> str:
 
 
 def write_heatmap(path: str | os.PathLike, rows: list[dict], title: str = "") -> Path:
-    """Write the heatmap page atomically and return its path."""
     text = token_heatmap_html(rows, title)
     path = atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     log.info("wrote token heatmap with %d rows to %s", len(rows), path)

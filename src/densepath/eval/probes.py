@@ -40,14 +40,12 @@ def _check_positions(positions: torch.Tensor, mask: torch.Tensor, name: str) -> 
         raise ValueError(
             f"positions has {positions.numel()} entries but {name} has {B} rows; pass one index per row."
         )
-    outside = (positions < 0) | (positions >= T)
-    if outside.any():
+    if (outside := (positions < 0) | (positions >= T)).any():
         bad = int(torch.nonzero(outside)[0])
         raise ValueError(
             f"positions[{bad}] = {int(positions[bad])} is outside [0, {T}); index the response block."
         )
-    on_real = mask.bool()[torch.arange(B), positions]
-    if not on_real.all():
+    if not (on_real := mask.bool()[torch.arange(B), positions]).all():
         bad = int(torch.nonzero(~on_real)[0])
         raise ValueError(
             f"positions[{bad}] = {int(positions[bad])} points at a padded token of {name} row {bad}; "
@@ -85,11 +83,8 @@ def _as_1d_finite(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def auroc(neg_scores: np.ndarray, pos_scores: np.ndarray) -> float:
-    """P(random positive scores LOWER than random negative), ties count 1/2.
-
-    Positives are corrupted tokens (low reward = detected); 1.0 = perfect, 0.5 = chance.
-    The Mann-Whitney U of the negatives over n_neg * n_pos.
-    """
+    """P(random positive scores LOWER than random negative), ties count 1/2: the Mann-Whitney U of the
+    negatives over n_neg * n_pos. Positives are corrupted tokens (low reward = detected); 0.5 = chance."""
     neg, pos = _as_1d_finite(neg_scores, "neg_scores"), _as_1d_finite(pos_scores, "pos_scores")
     if neg.size == 0 or pos.size == 0:
         raise ValueError(
@@ -118,10 +113,8 @@ def corrupted_token_auroc(
 
 
 def _pair(x: np.ndarray, y: np.ndarray, what: str, finite: bool) -> tuple[np.ndarray, np.ndarray]:
-    if finite:
-        a, b = _as_1d_finite(x, "x"), _as_1d_finite(y, "y")
-    else:
-        a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (x, y))
+    as_1d = _as_1d_finite if finite else lambda v, _: np.asarray(v, dtype=np.float64).reshape(-1)
+    a, b = as_1d(x, "x"), as_1d(y, "y")
     if a.size != b.size:
         raise ValueError(
             f"{what} needs equal lengths, got {a.size} and {b.size}; pair the samples one to one."
@@ -168,8 +161,7 @@ def fidelity(recovered: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> d
     out: dict[str, float] = {}
     rec_all, true_all = [], []
     for name in sorted(recovered):
-        r = np.asarray(recovered[name], dtype=np.float64).reshape(-1)
-        t = np.asarray(true[name], dtype=np.float64).reshape(-1)
+        r, t = (np.asarray(d[name], dtype=np.float64).reshape(-1) for d in (recovered, true))
         if r.size != t.size:
             raise ValueError(
                 f"policy {name!r}: {r.size} recovered returns but {t.size} true returns; pair them one to one."

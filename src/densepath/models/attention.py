@@ -5,9 +5,8 @@ matmuls and a softmax) is much faster than `sdpa`, whose CPU flash kernel has a 
 per call. Measured on the 2-core bench machine with the 5M model (`python -m benchmarks
 dpr_vs_trl --attn`, and benchmarks/README.md): the RL update's forward + backward
 0.87 s (eager) vs 1.26 s (sdpa), 4,096 sampled tokens 0.65 s vs 0.84 s. On a GPU, `sdpa` (or
-flash attention) is the right choice. The math is the same; only rounding differs.
-
-`attn_implementation: auto` (the root config) resolves to `eager` on CPU and `sdpa` on CUDA.
+flash attention) is the right choice (`attn_implementation: auto`). The math is the same; only
+rounding differs.
 """
 
 from __future__ import annotations

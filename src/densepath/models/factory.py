@@ -164,10 +164,8 @@ class SmolLM2(TrainOptions):
     cache_dir: str | None = None  # default ~/.cache/densepath/smollm2
 
     def _cache(self) -> Path:
-        gguf = smollm2_gguf_path()
-        st = gguf.stat()
-        root = Path(self.cache_dir or Path.home() / ".cache" / "densepath" / "smollm2").expanduser()
-        return root / f"{gguf.stem}-{st.st_size}-{int(st.st_mtime)}"
+        gguf, root = smollm2_gguf_path(), Path(self.cache_dir or "~/.cache/densepath/smollm2").expanduser()
+        return root / f"{gguf.stem}-{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
 
     def load_tokenizer(self):
         cached = self._cache()
@@ -187,8 +185,7 @@ class SmolLM2(TrainOptions):
         loaded = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
-        cfg = loaded.config.to_dict()
-        cfg.pop("quantization_config", None)
+        cfg = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
         plain = LlamaForCausalLM(LlamaConfig(**cfg))
         missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
         if unexpected or [k for k in missing if k != "lm_head.weight"]:

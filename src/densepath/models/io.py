@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import shutil
@@ -29,11 +30,7 @@ def _plain(model):
         from peft import PeftModel
     except ImportError:  # peft is optional
         return model
-    if isinstance(model, PeftModel):
-        import copy
-
-        return copy.deepcopy(model).merge_and_unload()
-    return model
+    return copy.deepcopy(model).merge_and_unload() if isinstance(model, PeftModel) else model
 
 
 def save_policy(model, tokenizer, path: str | Path) -> dict:
@@ -43,8 +40,7 @@ def save_policy(model, tokenizer, path: str | Path) -> dict:
     previous one: the old dir is renamed aside and only removed once the new one is in place.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    old = path.with_name(path.name + ".old")
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
@@ -75,27 +71,25 @@ def snapshot_dir(root: str | Path, fraction: float) -> Path:
     return Path(root) / f"frac_{fraction:.2f}"
 
 
-def _check_policy_dir(path: Path) -> None:
-    if not (path / "config.json").exists():
+def _policy_dir(path: str | Path) -> Path:
+    if not ((path := Path(path)) / "config.json").exists():
         raise FileNotFoundError(
             f"checkpoint `{path}` not found (no config.json). Pass the run dir of a finished SFT run "
             "as parent_run=<dir>, or a saved policy directory."
         )
+    return path
 
 
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
     """The tokenizer of a saved policy dir alone (stages that only need it skip loading weights)."""
-    path = Path(path)
-    _check_policy_dir(path)
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(str(_policy_dir(path)), trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
     return tok
 
 
 def load_policy(path: str | Path, *, dtype=torch.float32, trust_remote_code: bool = False):
     """Load a saved policy dir (safetensors only; no pickles)."""
-    path = Path(path)
-    _check_policy_dir(path)
+    path = _policy_dir(path)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )

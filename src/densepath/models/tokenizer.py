@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import string
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -56,26 +57,11 @@ def _wrap(tok: Tokenizer, template: str) -> PreTrainedTokenizerFast:
     return fast
 
 
-def _bpe_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-    # Words split at spaces; every digit is its own pre-token (with its leading space if any), and
-    # punctuation is isolated: task payloads (digits, letters written space-separated) become one
-    # token per character, which keeps arithmetic learnable and the corruption probe well defined.
-    return pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
-            pre_tokenizers.Split(Regex("▁?[0-9]"), behavior="isolated"),
-            pre_tokenizers.Punctuation(behavior="isolated"),
-        ]
-    )
-
-
 def train_bpe_tokenizer(
     texts: Iterable[str], vocab_size: int = 1024, cache_dir: str | Path | None = None
 ) -> PreTrainedTokenizerFast:
-    """Train (or load from `cache_dir`) a BPE tokenizer on `texts`.
-
-    The cache key hashes the corpus and the settings, so a changed task generator retrains.
-    """
+    """Train (or load from `cache_dir`) a BPE tokenizer on `texts`; the cache key hashes the corpus and
+    the settings, so a changed task generator retrains."""
     texts = list(texts)
     payload = json.dumps({"v": 1, "vocab_size": vocab_size, "texts": texts})
     key = hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -84,17 +70,20 @@ def train_bpe_tokenizer(
         return PreTrainedTokenizerFast.from_pretrained(str(target))
 
     tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.pre_tokenizer = _bpe_pre_tokenizer()
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789▁")
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=alphabet,
-        min_frequency=2,
-        show_progress=False,
+    # Words split at spaces; every digit is its own pre-token (with its leading space if any), and
+    # punctuation is isolated: task payloads (digits, letters written space-separated) become one
+    # token per character, which keeps arithmetic learnable and the corruption probe well defined.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+            pre_tokenizers.Split(Regex("▁?[0-9]"), behavior="isolated"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+        ]
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    alphabet = list(string.ascii_letters + string.digits + "▁")
+    kw = dict(special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, min_frequency=2, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(vocab_size=vocab_size, **kw))
     fast = _wrap(tok, CHAT_TEMPLATE)
     if target is not None:
         target.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,8 @@ Schema (``SCHEMA``), one row per response: ``prompt_ids`` list<int32>; ``respons
 list<int32> (incl. EOS if generated); ``rewards`` list<float32>, the dense per-token reward
 aligned with ``response_ids``; ``source`` string, the policy that produced the response ("demo",
 "corrupted", "expert", "sft", "dpr", ...); ``family`` string; ``sequence_reward`` float32, the
-sum of ``rewards`` (accumulated in float64).
-
-Writes are atomic (tmp file in the same directory + ``os.replace``), so a crashed run never
-leaves a half-written artefact under the final name.
+sum of ``rewards`` (accumulated in float64). Writes are atomic (:func:`atomic_write`): a crashed
+run never leaves a half-written artefact under the final name.
 """
 
 from __future__ import annotations
@@ -86,9 +84,8 @@ def write_reward_parquet(
     family: list[str],
 ) -> Path:
     """Validate and atomically write the reward artefact (see module docstring for the schema)."""
-    _validate(
-        response_ids, {"prompt_ids": prompt_ids, "rewards": rewards, "source": source, "family": family}
-    )
+    others = {"prompt_ids": prompt_ids, "rewards": rewards, "source": source, "family": family}
+    _validate(response_ids, others)
     columns = {
         "prompt_ids": [[int(t) for t in p] for p in prompt_ids],
         "response_ids": [[int(t) for t in r] for r in response_ids],
@@ -129,6 +126,5 @@ def _json_default(obj: Any) -> Any:
 
 
 def write_manifest(path: str | os.PathLike, info: dict) -> Path:
-    """Write ``info`` as sorted-key JSON atomically; returns the path."""
     text = json.dumps(info, sort_keys=True, indent=2, default=_json_default) + "\n"
     return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -11,7 +11,7 @@ that share the policy's parameters).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -27,14 +27,7 @@ class SampleBatch:
     k: int  # samples per prompt; rows are prompt-major (row i = prompt i // k)
 
     def to(self, device) -> SampleBatch:
-        return SampleBatch(
-            self.prompt_ids.to(device),
-            self.prompt_mask.to(device),
-            self.response_ids.to(device),
-            self.response_mask.to(device),
-            self.finished.to(device),
-            self.k,
-        )
+        return SampleBatch(*(getattr(self, f.name).to(device) for f in fields(self)[:-1]), self.k)
 
 
 class Sampler(Protocol):
@@ -46,44 +39,34 @@ class Sampler(Protocol):
     """
 
     def generate(self, model, prompts: list[list[int]], **kwargs: Any) -> SampleBatch: ...
-
     def sync_weights(self, model) -> None: ...
+
+
+def _pad(seqs: list[list[int]], pad_id: int, device, left: bool, min_width: int = 0):
+    width = max(min_width, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        start = width - len(s) if left else 0
+        ids[i, start : start + len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, start : start + len(s)] = 1
+    return ids.to(device), mask.to(device)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists into (ids, mask)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
+    return _pad(seqs, pad_id, device, left=True)
 
 
 def right_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists into (ids, mask); an all-empty batch gets width 1 (all masked)."""
-    width = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
+    return _pad(seqs, pad_id, device, left=False, min_width=1)
 
 
 def mask_after_eos(
     response_ids: torch.Tensor, eos_id: int, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keep tokens up to and including the first EOS; everything after becomes padding.
-
-    Returns (ids, mask, finished). Vectorised: a cumulative count of EOS seen *before* each position.
-    """
+    """(ids, mask, finished): tokens up to and including the first EOS; everything after becomes padding."""
     is_eos = response_ids == eos_id  # (B, T)
     seen_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # (B, T)
-    mask = (~seen_before).long()
-    ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, pad_id))
-    finished = is_eos.any(-1)
-    return ids, mask, finished
+    return response_ids.masked_fill(seen_before, pad_id), (~seen_before).long(), is_eos.any(-1)

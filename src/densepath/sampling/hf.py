@@ -35,12 +35,10 @@ class HFSampler:
             raise ValueError(f"sampler.engine={self.engine!r}: choose loop or generate")
 
     def configure(self, tokenizer) -> HFSampler:
-        self.pad_token_id = tokenizer.pad_token_id
-        self.eos_token_id = tokenizer.eos_token_id
+        self.pad_token_id, self.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         return self
 
-    def sync_weights(self, model) -> None:  # in-process: generation uses the live parameters
-        return None
+    def sync_weights(self, model) -> None: ...  # in-process: generation uses the live parameters
 
     @torch.no_grad()
     def generate(
@@ -62,9 +60,8 @@ class HFSampler:
         temp = float(self.temperature if temperature is None else temperature)
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
         chunk = max(1, self.batch_size // max(1, k))
-        args = (k, max_new, temp, greedy, min_new_tokens, device)
+        args = (k, max_new, temp, greedy, min_new_tokens, next(model.parameters()).device)
         try:
             parts = [
                 self._generate_chunk(model, prompts[s : s + chunk], *args)
@@ -140,18 +137,14 @@ class HFSampler:
 def _concat(parts: list[SampleBatch], pad_id: int, k: int) -> SampleBatch:
     if len(parts) == 1:
         return parts[0]
-    P = max(p.prompt_ids.shape[1] for p in parts)
-    T = max(p.response_ids.shape[1] for p in parts)
 
-    def pad(x, width, value, left):
-        extra = width - x.shape[1]
-        return torch.nn.functional.pad(x, (extra, 0) if left else (0, extra), value=value)
+    def cat(name: str, value: int, left: bool) -> torch.Tensor:
+        """The `name` tensors of all parts, padded to the widest (prompts on the left, responses right)."""
+        xs = [getattr(p, name) for p in parts]
+        width = max(x.shape[1] for x in xs)
+        pads = [(width - x.shape[1], 0) if left else (0, width - x.shape[1]) for x in xs]
+        return torch.cat([torch.nn.functional.pad(x, pad, value=value) for x, pad in zip(xs, pads)])
 
-    return SampleBatch(
-        torch.cat([pad(p.prompt_ids, P, pad_id, True) for p in parts]),
-        torch.cat([pad(p.prompt_mask, P, 0, True) for p in parts]),
-        torch.cat([pad(p.response_ids, T, pad_id, False) for p in parts]),
-        torch.cat([pad(p.response_mask, T, 0, False) for p in parts]),
-        torch.cat([p.finished for p in parts]),
-        k,
-    )
+    prompts = cat("prompt_ids", pad_id, True), cat("prompt_mask", 0, True)
+    responses = cat("response_ids", pad_id, False), cat("response_mask", 0, False)
+    return SampleBatch(*prompts, *responses, torch.cat([p.finished for p in parts]), k)

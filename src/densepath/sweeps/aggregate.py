@@ -54,11 +54,8 @@ def _values_by_seed(jobs: Sequence[dict[str, Any]], metric: str) -> dict[str, fl
             acc.setdefault(j["seed"], []).append(v)
     for seed, vs in acc.items():
         if len(vs) > 1:
-            log.warning(
-                "seed %s appears in %d finished jobs of one configuration; pairing uses their mean",
-                seed,
-                len(vs),
-            )
+            msg = "seed %s appears in %d finished jobs of one configuration; pairing uses their mean"
+            log.warning(msg, seed, len(vs))
     return {s: float(np.mean(vs)) for s, vs in acc.items()}
 
 
@@ -112,8 +109,7 @@ def _match_reference(ref: str, by_cfg: dict[str, Any]) -> str:
 
 def _read_jobs(sweep_dir: Path, seed_key: str, metric: str, all_metrics: list[str]) -> list[dict[str, Any]]:
     """Every job of the sweep with its metric ``values``; raises when none is finished with `metric`."""
-    job_dirs = find_job_dirs(sweep_dir)
-    if not job_dirs:
+    if not (job_dirs := find_job_dirs(sweep_dir)):
         raise AggregateError(
             f"no job dirs under {sweep_dir}: none contains .hydra/overrides.yaml; {_WHICH_DIR}"
         )
@@ -160,10 +156,7 @@ def aggregate(
     all_metrics = [metric, *extra]
     jobs = _read_jobs(sweep_dir, seed_key, metric, all_metrics)
 
-    by_cfg: dict[str, list[dict[str, Any]]] = {}
-    for j in jobs:
-        by_cfg.setdefault(j["config"], []).append(j)
-    by_cfg = dict(sorted(by_cfg.items()))
+    by_cfg = {c: [j for j in jobs if j["config"] == c] for c in sorted({j["config"] for j in jobs})}
     stats = {cfg: config_stats(js, metric, extra) for cfg, js in by_cfg.items()}
 
     ref = None
@@ -185,14 +178,8 @@ def aggregate(
     summary_md = render_summary_md(stats, jobs, sweep_dir, metric, extra, ref)
     (out_dir / "summary.md").write_text(summary_md, encoding="utf-8")
     plot_headline(out_dir / "headline.png", stats, metric, ref)
-    n_fin = sum(j["status"] == STATUS_FINISHED for j in jobs)
-    log.info(
-        "aggregated %d finished of %d jobs into %d configurations; wrote %s",
-        n_fin,
-        len(jobs),
-        len(stats),
-        out_dir,
-    )
+    msg = "aggregated %d finished of %d jobs into %d configurations; wrote %s"
+    log.info(msg, sum(j["status"] == STATUS_FINISHED for j in jobs), len(jobs), len(stats), out_dir)
     return stats
 
 
@@ -202,22 +189,13 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Per-configuration mean and 95%% t-interval of a metric over the seeds of a Hydra "
         "multirun dir, plus paired differences against a reference configuration.",
     )
-    p.add_argument(
-        "sweep_dir", help="Hydra multirun dir (every dir below it with .hydra/overrides.yaml is a job)"
-    )
-    p.add_argument(
-        "--metric", default=DEFAULT_METRIC, help="metrics.json key to aggregate (default: %(default)s)"
-    )
-    p.add_argument(
-        "--seed-key", default=DEFAULT_SEED_KEY, help="override that names the seed (default: %(default)s)"
-    )
-    p.add_argument(
-        "--reference", help='configuration to pair against, e.g. "reward=log_ratio,baseline=sft_half"'
-    )
-    p.add_argument("--out", help="output dir (default: SWEEP_DIR/aggregate)")
-    p.add_argument(
-        "--metrics", default="", help="comma-separated extra metrics for the tables, e.g. sft/eval/success"
-    )
+    add = p.add_argument
+    add("sweep_dir", help="Hydra multirun dir (every dir below it with .hydra/overrides.yaml is a job)")
+    add("--metric", default=DEFAULT_METRIC, help="metrics.json key to aggregate (default: %(default)s)")
+    add("--seed-key", default=DEFAULT_SEED_KEY, help="override that names the seed (default: %(default)s)")
+    add("--reference", help='configuration to pair against, e.g. "reward=log_ratio,baseline=sft_half"')
+    add("--out", help="output dir (default: SWEEP_DIR/aggregate)")
+    add("--metrics", default="", help="comma-separated extra metrics for the tables, e.g. sft/eval/success")
     return p
 
 
@@ -226,10 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    extra = [m for m in args.metrics.split(",") if m.strip()]
-    try:
+    try:  # aggregate() strips and drops the empty names of --metrics
         aggregate(
-            args.sweep_dir, args.metric, args.seed_key, reference=args.reference, out=args.out, metrics=extra
+            args.sweep_dir, args.metric, args.seed_key, args.reference, args.out, args.metrics.split(",")
         )
     except AggregateError as e:
         sys.stderr.write(f"densepath-aggregate: {e}\n")

@@ -54,11 +54,8 @@ def _override_key(override: str) -> str:
 
 
 def split_overrides(overrides: Sequence[str], seed_key: str) -> tuple[str, str | None]:
-    """(canonical configuration string, seed value or None) for one job's override list.
-
-    The configuration drops the seed and bookkeeping overrides (``hydra.*``, ``parent_run``,
-    ``resume``), so that jobs differing only in seed (or run plumbing) group together.
-    """
+    """(canonical configuration, seed or None) of one job's overrides: jobs differing only in seed or
+    bookkeeping (``hydra.*``, ``parent_run``, ``resume``) get the same configuration."""
     seed, kept = None, []
     for ov in overrides:
         ov = str(ov).strip()
@@ -174,9 +171,7 @@ def read_job(job_dir: Path, seed_key: str) -> dict[str, Any]:
         except (OSError, ValueError) as e:
             job["error"] = f"unreadable error.json: {e}"
     elif met_path.is_file() and ((job_dir / "DONE").is_file() or not any(job_dir.parent.glob("*/DONE"))):
-        # densepath writes DONE after the last stage; metrics.json alone may be a partial run (sweeps
-        # written by the densepath CLI mark every finished job with DONE)
-        job["status"] = STATUS_FINISHED
+        job["status"] = STATUS_FINISHED  # DONE: see the module docstring
     else:
         job["status"] = STATUS_UNFINISHED
     return job

@@ -23,9 +23,7 @@ def _fmt(x: float) -> str:
     """Compact human number: fixed 4 decimals in the usual range, else 4 significant digits."""
     if not math.isfinite(x):
         return "n/a"
-    if x == 0 or 1e-3 <= abs(x) < 1e4:
-        return f"{x:.4f}"
-    return f"{x:.4g}"
+    return f"{x:.4f}" if x == 0 or 1e-3 <= abs(x) < 1e4 else f"{x:.4g}"
 
 
 def _csv_num(x: float) -> str:
@@ -77,7 +75,6 @@ def write_summary_csv(
 
 
 def _paired_md(stats: dict[str, dict[str, Any]], reference: str) -> list[str]:
-    """The markdown lines of the paired-difference table against `reference`."""
     lines = [
         "",
         f"## Paired differences vs reference `{_md_cell(reference)}`",
@@ -92,11 +89,8 @@ def _paired_md(stats: dict[str, dict[str, Any]], reference: str) -> list[str]:
         p = s["paired"]
         if cfg == reference or p is None:
             continue
-        if p["n_pairs"] == 0:
-            note = "shares no seed with the reference"
-        elif p["n_pairs"] == 1:
-            note = "one pair: no interval"
-        else:
+        note = {0: "shares no seed with the reference", 1: "one pair: no interval"}.get(p["n_pairs"])
+        if note is None:
             note = "CI excludes 0 (better)" if p["lo"] > 0 else "CI excludes 0 (worse)" if p["hi"] < 0 else ""
         lines.append(
             f"| `{_md_cell(cfg)}` | {p['n_pairs']} | {', '.join(p['seeds']) or '-'} | "
@@ -133,12 +127,10 @@ def render_summary_md(
             e = s["extra"][m]
             cells.append(_fmt(e["mean"]) + (f" ± {_fmt(e['ci95'])}" if math.isfinite(e["ci95"]) else ""))
         lines.append("| " + " | ".join(cells) + " |")
-    no_metric = "; ".join(f"`{_md_cell(c)}`: {s['missing']}" for c, s in stats.items() if s["missing"])
-    if no_metric:
+    if no_metric := "; ".join(f"`{_md_cell(c)}`: {s['missing']}" for c, s in stats.items() if s["missing"]):
         lines += ["", f"Finished jobs without a finite `{metric}` (not in n): {no_metric}"]
 
-    failed = [j for j in jobs if j["status"] == STATUS_FAILED]
-    if failed:
+    if failed := [j for j in jobs if j["status"] == STATUS_FAILED]:
         lines += ["", "## Failed jobs", "", "| job dir | configuration | seed | error |", "|---|---|---|---|"]
         for j in failed:
             rel = j["dir"].relative_to(sweep_dir).as_posix()
@@ -165,9 +157,8 @@ def plot_headline(path: Path, stats: dict[str, dict[str, Any]], metric: str, ref
     means = np.array([stats[c]["mean"] for c in cfgs], dtype=np.float64)  # (C,)
     halves = np.array([stats[c]["ci95"] for c in cfgs], dtype=np.float64)  # (C,)
     colors = ["tab:orange" if c == reference else "tab:blue" for c in cfgs]
-    for i, c in enumerate(cfgs):
-        vals = stats[c]["values"]
-        ax.scatter(np.full(len(vals), xs[i]) + 0.12, vals, s=12, color="grey", alpha=0.6, zorder=2)
+    for x, vals in zip(xs, (stats[c]["values"] for c in cfgs)):
+        ax.scatter(np.full(len(vals), x) + 0.12, vals, s=12, color="grey", alpha=0.6, zorder=2)
     yerr = np.where(np.isfinite(halves), halves, 0.0)
     ax.errorbar(xs, means, yerr=yerr, fmt="none", ecolor="black", capsize=5, zorder=3)
     ax.scatter(xs, means, s=45, c=colors, zorder=4)

@@ -32,11 +32,8 @@ def student_t_ppf(p: float, df: float) -> float:
 
 
 def t_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float]:
-    """(mean, half-width) of the two-sided Student-t interval for the mean of `values`.
-
-    The half-width is t_{(1+level)/2, n-1} * sd(ddof=1) / sqrt(n); it is NaN for n < 2 (one
-    seed gives no spread estimate) and the mean is NaN for n = 0.
-    """
+    """(mean, half-width) of the two-sided Student-t interval for the mean of `values`; the half-width
+    is NaN for n < 2 (one seed gives no spread estimate) and the mean is NaN for n = 0."""
     x = np.asarray(values, dtype=np.float64)  # (n,)
     n = x.size
     if n == 0:
@@ -44,8 +41,7 @@ def t_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float,
     mean = float(x.mean())
     if n < 2:
         return mean, math.nan
-    sd = float(x.std(ddof=1))
-    return mean, student_t_ppf(0.5 * (1.0 + level), n - 1) * sd / math.sqrt(n)
+    return mean, student_t_ppf(0.5 * (1.0 + level), n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
 
 
 def seed_sort_key(seed: str | None) -> tuple[int, float, str]:
@@ -87,8 +83,7 @@ def paired_differences(
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm step-down adjusted p-values (NaN stays NaN; monotone; capped at 1)."""
     order = sorted((i for i, p in enumerate(pvalues) if math.isfinite(p)), key=lambda i: pvalues[i])
-    adj = [math.nan] * len(pvalues)
-    running = 0.0
+    adj, running = [math.nan] * len(pvalues), 0.0
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (len(order) - rank) * pvalues[i]))
         adj[i] = running
