@@ -42,7 +42,10 @@ def run_cfg(overrides: list[str], run_dir: Path) -> dict:
 def sft_run(tmp_path_factory) -> Path:
     """One tiny SFT run shared by tests that need pi_SFT, its snapshots and tokenizer."""
     run_dir = tmp_path_factory.mktemp("sft_run") / "run"
-    run_cfg(["debug=tiny", "pipeline=sft", "sft.snapshot_fractions=[0.25,0.5,0.75]"], run_dir)
+    run_cfg(
+        ["debug=tiny", "pipeline=sft", "sft.snapshot_fractions=[0.25,0.5,0.75]", "sft.half_data=true"],
+        run_dir,
+    )
     return run_dir
 
 

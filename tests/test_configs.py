@@ -52,7 +52,7 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path):
 
 
 def test_group_option_lists_are_the_documented_ones():
-    assert ALL["baseline"] == ["base", "ensemble", "sft_fraction", "sft_half", "uniform"]
+    assert ALL["baseline"] == ["base", "ensemble", "half_data", "sft_fraction", "sft_half", "uniform"]
     assert ALL["reward"] == ["log_ratio", "logprob", "soft_bellman", "sparse"]
     assert {"default", "sft", "recover", "dpr", "rloo", "continued_sft", "temperature"} <= set(
         ALL["pipeline"]
@@ -147,7 +147,9 @@ def test_experiment_known_reward_runs_tiny(tmp_path: Path):
 
 def test_controls_interpolate_dpr():
     """RLOO and continued SFT read DPR's settings by interpolation: matched by construction."""
-    cfg = compose_cfg(["dpr.module.lr=3e-6", "dpr.steps=17", "dpr.module.kl_coef=0.25", "dpr.module.k=4"], None)
+    cfg = compose_cfg(
+        ["dpr.module.lr=3e-6", "dpr.steps=17", "dpr.module.kl_coef=0.25", "dpr.module.k=4"], None
+    )
     assert cfg.rloo.module.lr == 3e-6 and cfg.rloo.steps == 17
     assert cfg.rloo.module.kl_coef == 0.25 and cfg.rloo.module.k == 4
     assert cfg.rloo.module.sequence_level is True and cfg.dpr.module.sequence_level is False

@@ -93,6 +93,7 @@ def test_mean_and_best_return(tiny) -> None:
     exp_ret = sum(pi * r for pi, r in zip(p, rets))
     assert abs(mdp.expert_mean_return() - exp_ret) < 1e-10
     assert abs(mdp.best_return() - max(rets)) < 1e-12
+    assert abs(mdp.worst_return() - min(rets)) < 1e-12  # the strict-evaluation penalty, by enumeration
     # soft-optimal expert is below the hard max, and V0 bounds it from above: V0 >= E[R] + H(pi) >= E[R]
     assert mdp.expert_mean_return() < mdp.best_return() <= mdp.V0()
 
@@ -161,7 +162,8 @@ def test_text_round_trip() -> None:
 def test_score_texts() -> None:
     mdp = KnownRewardMDP(n_tokens=3, horizon=3, seed=7)
     ret, valid = mdp.score_texts(["A B", "", "A A A A", "X"])
-    assert valid.tolist() == [True, True, True, False] and math.isnan(float(ret[3]))
+    # strict: a malformed answer scores the worst possible return, never NaN (dropped from a mean)
+    assert valid.tolist() == [True, True, True, False] and float(ret[3]) == mdp.worst_return()
     R = mdp.R
     assert abs(float(ret[0]) - float(R[3, 0] + R[0, 1] + R[1, 3])) < 1e-12
     assert abs(float(ret[1]) - float(R[3, 3])) < 1e-12

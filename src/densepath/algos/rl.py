@@ -68,6 +68,16 @@ class RLModule(L.LightningModule):
         super().__init__()
         if kl not in ("k1", "k3", "none"):
             raise ValueError(f"kl={kl!r}: choose k3 (in the loss), k1 (in the reward) or none")
+        if ppo_epochs > 1 and clip_eps is None:
+            raise ValueError(
+                f"ppo_epochs={ppo_epochs} without clip_eps: epochs after the first update on samples of an "
+                "older policy (off-policy, unclipped). Set the stage's module.clip_eps (e.g. 0.2) or ppo_epochs=1"
+            )
+        if float(getattr(sampler, "top_p", 1.0)) < 1.0:
+            raise ValueError(
+                f"sampler.top_p={sampler.top_p} during RL rollouts: nucleus sampling draws from a truncated "
+                "pi_theta, so REINFORCE on it is biased. Set sampler.top_p=1.0 for RL"
+            )
         if k < 2 and advantage == "loo":
             raise ValueError(
                 "advantage=loo needs k >= 2 samples per prompt: set the stage's module.k, e.g. dpr.module.k=8"
@@ -93,6 +103,9 @@ class RLModule(L.LightningModule):
         )  # the sampler's decoding settings
 
     def policy_logp(self, b) -> torch.Tensor:
+        # Why eval mode: the samples came from the policy without dropout; a train-mode forward with
+        # dropout > 0 would score them under another policy (off-policy). Gradients flow either way.
+        self.policy.eval()
         return response_logprobs(
             self.policy,
             b.prompt_ids,

@@ -65,3 +65,11 @@ def encode_many(tokenizer, rows: list[tuple[list[dict], str]]) -> list[Encoded]:
         else encode_pair(tokenizer, rows[i][0], rows[i][1], where=f"row {i}")
         for i, (p, f) in enumerate(zip(p_ids, f_ids))
     ]
+
+
+def answer_text(tokenizer, ids: list[int]) -> str:
+    """The text a verifier judges: the answer's tokens without its final EOS. Special tokens emitted
+    mid-answer stay in the text (as their literal strings), so they fail verification (strict)."""
+    if ids and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]
+    return tokenizer.decode(ids, skip_special_tokens=False)

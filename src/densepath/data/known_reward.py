@@ -160,6 +160,10 @@ class KnownRewardMDP:
         """Max true return over all complete episodes (hard-max DP)."""
         return float(hard_value_iteration(self.R, self.horizon)[0, self.bos])
 
+    def worst_return(self) -> float:
+        """Min true return over all complete episodes: what a malformed answer scores (strict)."""
+        return -float(hard_value_iteration(-self.R, self.horizon)[0, self.bos])
+
     def expert_mean_return(self) -> float:
         """Exact E_{y ~ pi*}[R*(y)]."""
         return table_policy_mean_return(self.R, self._logpi)
@@ -242,10 +246,11 @@ class KnownRewardMDP:
         return ids[: self.horizon] if len(ids) >= self.horizon else ids + [self.eos]
 
     def score_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ground-truth verifier: true returns (N,) float64 (NaN where malformed), validity (N,) bool."""
+        """Ground-truth verifier: true returns (N,) float64 and validity (N,) bool. A malformed answer
+        scores the worst possible return, so it is never dropped from a mean (strict evaluation)."""
         eps = [self.episode_from_text(t) for t in texts]
         valid = torch.tensor([e is not None for e in eps], dtype=torch.bool)
-        ret = torch.full((len(texts),), float("nan"), dtype=torch.float64)
+        ret = torch.full((len(texts),), self.worst_return(), dtype=torch.float64)
         good = [e for e in eps if e is not None]
         if good:
             ret[valid] = self.true_return(good)

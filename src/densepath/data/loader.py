@@ -87,3 +87,18 @@ class ResumableLoader(DataLoader):
         self._rsampler.epoch = consumed // nb
         self._rsampler.start = (consumed % nb) * self.batch_size
         log.info("resumed data order at epoch %d, batch %d", consumed // nb, consumed % nb)
+
+
+def consumed_indices(n: int, seed: int, batch_size: int, steps: int, world: int = 1) -> list[int]:
+    """The dataset indices that the first `steps` batches of a `ResumableLoader` (drop_last, `world`
+    ranks) consumed: a pure function of the order, so a finished run's data can be recovered exactly."""
+    per_rank = n // world
+    nb = per_rank // batch_size  # batches per epoch and rank
+    out, epoch = [], 0
+    while nb and epoch * nb < steps:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        take = min(nb, steps - epoch * nb) * batch_size
+        for rank in range(world):
+            out += (order[: per_rank * world][rank::world] if world > 1 else order)[:take]
+        epoch += 1
+    return out

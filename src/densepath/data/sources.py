@@ -128,13 +128,14 @@ class KnownRewardTask(Task):
 
     def score(self, rows: list[dict], texts: list[str]) -> dict[str, np.ndarray]:
         returns, valid = self.mdp.score_texts(texts)
-        return {"true_return": returns.numpy(), "valid": valid.numpy().astype(np.float64)}
+        return {"true_return": returns.numpy(), "malformed": (~valid).numpy().astype(np.float64)}
 
     def reference_metrics(self) -> dict[str, float]:
         return {
             "expert_true_return": self.mdp.expert_mean_return(),
             "best_true_return": self.mdp.best_return(),
             "uniform_true_return": self.mdp.uniform_mean_return(),
+            "worst_true_return": self.mdp.worst_return(),
         }
 
     def reference_samples(self, n: int, generator) -> dict[str, list[str]]:

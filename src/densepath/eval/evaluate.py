@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from densepath.data.formatting import encode_prompt
+from densepath.data.formatting import answer_text, encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,19 @@ def evaluate_policy(
     for mode in modes:
         batch = sampler.generate(model, prompts, k=1, greedy=(mode == "greedy"), temperature=temperature)
         ids, mask = batch.response_ids.cpu(), batch.response_mask.cpu().bool()
-        texts = [tokenizer.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
+        texts = [answer_text(tokenizer, row[m].tolist()) for row, m in zip(ids, mask)]
         scores = task.score(rows, texts)
         scores["length"] = batch.response_mask.sum(-1).float().cpu().numpy()
         if extra is not None:
             scores.update(extra(batch))
         details[mode] = {"texts": texts, "scores": scores}
         for name, vals in scores.items():
-            mean, lo, hi = _summ(np.asarray(vals, dtype=np.float64), name in ("success", "valid"))
+            mean, lo, hi = _summ(np.asarray(vals, dtype=np.float64), name in ("success", "malformed"))
             metrics[f"{split}/{mode}/{name}"] = mean
             if name != "length":
                 metrics[f"{split}/{mode}/{name}_lo"], metrics[f"{split}/{mode}/{name}_hi"] = lo, hi
+        if "malformed" in scores:  # strict evaluation: how many answers scored the task's penalty
+            metrics[f"{split}/{mode}/malformed_count"] = float(np.sum(scores["malformed"]))
         if len(by_family) > 1:
             for fam, idx in by_family.items():
                 for name in (n for n in scores if n != "length"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from densepath.models.logprobs import response_logprobs
+from densepath.models.logprobs import exact_kl, response_logprobs
 
 
 def entropy_per_token(logp: torch.Tensor, mask: torch.Tensor):
@@ -30,8 +30,11 @@ class EntropyExtra:
 
 
 class RewardExtra(EntropyExtra):
-    """Recovered reward of each sample, the KL(pi || pi_SFT) estimate (sum of log pi - log pi_SFT over
-    its tokens) and the entropy estimate."""
+    """Recovered reward of each sample, its KL to pi_SFT and the entropy estimate.
+
+    `kl_to_sft` is the one-sample estimate (sum over the taken tokens of log pi - log pi_SFT);
+    `kl_exact` is the measured KL: the exact per-state KL(pi || pi_SFT) over the vocabulary, summed
+    along the sample. Compare RL results at equal `kl_exact`."""
 
     def __init__(self, reward, policy):
         super().__init__(policy)
@@ -40,11 +43,13 @@ class RewardExtra(EntropyExtra):
     @torch.no_grad()
     def __call__(self, b):
         b = b.to(next(self.policy.parameters()).device)
-        out = self.reward.score_full(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
+        args = (b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
+        out = self.reward.score_full(*args)
         lp = _policy_logp(self.policy, b)
         m = b.response_mask.float()
         return {
             "reward": (out.rewards.float() * m).sum(-1).cpu().numpy(),
             "kl_to_sft": ((lp.float() - out.logp_sft.float()) * m).sum(-1).cpu().numpy(),
+            "kl_exact": (exact_kl(self.policy, self.reward.sft, *args).float() * m).sum(-1).cpu().numpy(),
             "entropy_est": entropy_per_token(lp, m),
         }

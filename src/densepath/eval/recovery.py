@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from densepath.data.datamodule import Collator
-from densepath.data.formatting import Encoded, encode_many, encode_prompt
+from densepath.data.formatting import Encoded, answer_text, encode_many, encode_prompt
 from densepath.eval import probes
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def sample_policy(model, tokenizer, task, rows, sampler, k: int = 1):
         Encoded(list(map(int, b.prompt_ids[i][b.prompt_mask[i].bool()].tolist())), ids[i][mask[i]].tolist())
         for i in range(ids.shape[0])
     ]
-    texts = [tokenizer.decode(e.response_ids, skip_special_tokens=True) for e in enc]
+    texts = [answer_text(tokenizer, e.response_ids) for e in enc]
     return enc, texts
 
 

@@ -18,7 +18,7 @@ def final_table(metrics: dict, stages: list[str], headline: str) -> str:
     if not rows:
         return ""
     lines = [
-        f"| policy | eval {headline} sampled (95% CI) | greedy | recovered reward | KL to SFT | length |",
+        f"| policy | eval {headline} sampled (95% CI) | greedy | recovered reward | KL to SFT (measured) | length |",
         "|---|---|---|---|---|---|",
     ]
     for s in rows:
@@ -26,7 +26,7 @@ def final_table(metrics: dict, stages: list[str], headline: str) -> str:
         ci = f"[{fmt(g(f'sampled/{headline}_lo'))}, {fmt(g(f'sampled/{headline}_hi'))}]"
         lines.append(
             f"| {s} | {fmt(g(f'sampled/{headline}'))} {ci} | {fmt(g(f'greedy/{headline}'))} | "
-            f"{fmt(g('sampled/reward'))} | {fmt(g('sampled/kl_to_sft'))} | {fmt(g('sampled/length'))} |"
+            f"{fmt(g('sampled/reward'))} | {fmt(g('sampled/kl_exact'))} | {fmt(g('sampled/length'))} |"
         )
     ref = metrics.get("sft/eval/expert_true_return")
     if ref is not None:

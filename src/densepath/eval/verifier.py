@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from densepath.data.formatting import answer_text
+
 
 class Verifier:
     """(prompt indices, SampleBatch) -> {metric: per-sample values} from the task's `score`.
@@ -14,8 +16,6 @@ class Verifier:
 
     def __call__(self, prompt_idx, b):
         ids, mask = b.response_ids.cpu(), b.response_mask.cpu().bool()
-        texts = [
-            self.tok.decode(ids[i][mask[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])
-        ]
+        texts = [answer_text(self.tok, ids[i][mask[i]].tolist()) for i in range(ids.shape[0])]
         rws = [self.rows[prompt_idx[i // b.k]] for i in range(ids.shape[0])]
-        return {k: v for k, v in self.task.score(rws, texts).items() if k != "valid"}
+        return self.task.score(rws, texts)

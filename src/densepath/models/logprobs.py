@@ -290,3 +290,25 @@ def full_distribution_logprobs(
     logp = torch.log_softmax(_tempered_logits(head, h, temperature), dim=-1)  # (B, T, V)
     real = (response_mask != 0).unsqueeze(-1)  # (B, T, 1)
     return torch.where(real, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+
+
+@torch.no_grad()
+def exact_kl(policy: nn.Module, ref: nn.Module, *batch: torch.Tensor, chunk_size: int | None = None):
+    """KL(policy(.|s) || ref(.|s)) over the whole vocabulary at every response state, (B, T); 0 where
+    masked. Summed along a sample it is the measured KL of that path, not a one-token estimate.
+
+    ``batch`` = (prompt_ids, prompt_mask, response_ids, response_mask); rows are chunked, so no full
+    (B, T, V) copy is held.
+    """
+    heads = [_checked_head(m, 1.0, *batch) for m in (policy, ref)]
+    real = batch[3] != 0  # (B, T)
+    hs = [_response_hidden(m, *batch)[real] for m in (policy, ref)]  # (N, H) each
+    step = int(chunk_size or max(1, CHUNK_ELEMENTS // int(heads[0].weight.shape[0])))
+    parts = [hs[0].new_zeros(0, dtype=_compute_dtype(hs[0].dtype))]
+    for s in range(0, hs[0].shape[0], step):
+        lp, lq = (
+            torch.log_softmax(_tempered_logits(hd, h[s : s + step], 1.0), -1) for hd, h in zip(heads, hs)
+        )
+        parts.append((lp.exp() * (lp - lq)).sum(-1))  # (c,)
+    kl = torch.cat(parts)
+    return torch.zeros(real.shape, dtype=kl.dtype, device=kl.device).index_put((real,), kl)

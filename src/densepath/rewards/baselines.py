@@ -100,14 +100,35 @@ class SnapshotBaseline(Baseline):
 class BaseModelBaseline(SnapshotBaseline):
     """The model before SFT."""
 
+    name = "base"
+
+    def checkpoint(self, sft_dir) -> Path:
+        return Path(sft_dir) / "snapshots" / "base"
+
     def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
-        self.path = Path(sft_dir) / "snapshots" / "base"
-        self.model = load_frozen(self.path, tokenizer, "baseline `base` (model before SFT)", dtype).to(device)
-        self.name = "base"
+        self.path = self.checkpoint(sft_dir)
+        self.model = load_frozen(self.path, tokenizer, f"baseline `{self.name}`", dtype).to(device)
         return self
 
     def describe(self):
-        return {"name": "base", **_describe(self.path)}
+        return {"name": self.name, **_describe(self.path)}
+
+
+@dataclass
+class HalfDataBaseline(BaseModelBaseline):
+    """The paper's pi_base: SFT on a random half of the demonstrations (`sft.half_data=true`), with the
+    same passes and schedule shape. A step snapshot equals it only in a one-pass run."""
+
+    name = "half_data"
+
+    def checkpoint(self, sft_dir) -> Path:
+        path = Path(sft_dir).parent / f"{Path(sft_dir).name}_half_data" / "policy"
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"baseline=half_data: the SFT run at {sft_dir} trained no half-data model ({path} is "
+                "missing); rerun SFT with sft.half_data=true, or choose baseline=sft_half"
+            )
+        return path
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Compute-matched control: SFT continued from pi_SFT on fresh demonstrations.
+"""Compute-matched control: SFT continued from pi_SFT, on `fresh` demonstrations (new ones from the
+task: more information) or on `seen` ones (only demonstrations the SFT run actually consumed: more
+compute, no new information); `continued_sft.demos` chooses, the manifest records it.
 
 Same number of optimiser steps as the DPR run it is compared with (read from that run; else
 `continued_sft.steps`, which interpolates `dpr.steps`), about the same number of trained tokens (the
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 
 import numpy as np
 from hydra.utils import instantiate
 
 from densepath.data.datamodule import DemoDataModule, encode_rows
+from densepath.data.loader import consumed_indices
 from densepath.eval.extras import RewardExtra
 from densepath.models.device import device_for
 from densepath.models.factory import prepare_policy
@@ -47,13 +51,9 @@ class ContinuedSFTStage(TrainingStage):
         sft_man = json.loads((sft_dir / "manifest.json").read_text())
         policy = prepare_policy(load_policy(sft_dir / "policy")[0], cfg.model)
         self.matched = dpr_compute(ctx)
+        draw = self._seen_draw(ctx, sft_man) if node.demos == "seen" else task.fresh_demonstrations
         probe = encode_rows(
-            tok,
-            task,
-            task.fresh_demonstrations(256, cfg.seed + 1),
-            dcfg.max_prompt_len,
-            dcfg.max_response_len,
-            "fresh",
+            tok, task, draw(256, cfg.seed + 1), dcfg.max_prompt_len, dcfg.max_response_len, node.demos
         )
         mean_len = float(np.mean([len(e.response_ids) for e in probe]))
         if self.matched is None:
@@ -64,7 +64,7 @@ class ContinuedSFTStage(TrainingStage):
             steps, target_tokens = self.matched
         self.batch_size = max(1, round(target_tokens / max(1, steps) / mean_len))
         self.target_tokens = target_tokens
-        rows = task.fresh_demonstrations(steps * self.batch_size, cfg.seed + 2)
+        rows = draw(steps * self.batch_size, cfg.seed + 2)
         train = encode_rows(tok, task, rows, dcfg.max_prompt_len, dcfg.max_response_len, self.name)
         val = encode_rows(
             tok,
@@ -86,6 +86,25 @@ class ContinuedSFTStage(TrainingStage):
             callbacks=[self.selection],
             trainer_kwargs={"limit_val_batches": 0},
         )
+
+    def _seen_draw(self, ctx, sft_man: dict):
+        """n demonstrations drawn (seeded) only from those the SFT run consumed, by index."""
+        if "data_order" not in sft_man:
+            raise ValueError(
+                f"continued_sft.demos=seen: the SFT run at {ctx.artefact_dir('sft')} did not record its data "
+                "order (run it again with this version), or use continued_sft.demos=fresh"
+            )
+        pool = sorted(set(consumed_indices(**sft_man["data_order"])))
+        sft_rows = ctx.task.splits()["sft"]
+        self.seen_pool, self.drawn = len(pool), []
+
+        def draw(n: int, seed: int) -> list[dict]:
+            rng = random.Random(seed)
+            idx = rng.sample(pool, n) if n <= len(pool) else rng.choices(pool, k=n)
+            self.drawn = idx
+            return [sft_rows[i] for i in idx]
+
+        return draw
 
     def report(self, ctx, fs: FitSetup, metrics: dict):
         stage_dir, sel = ctx.stage_dir(self.name), self.selection
@@ -114,6 +133,12 @@ class ContinuedSFTStage(TrainingStage):
             "checkpoints": {"best": {"path": str(stage_dir / "best"), "step": sel.best_step}, "last": last},
             "parent_sft": str(ctx.artefact_dir("sft")),
             "matched_to_dpr": self.matched is not None,
+            "demos": ctx.cfg[self.name].demos,
+            **(
+                {"seen_pool": self.seen_pool, "demo_indices": self.drawn}
+                if hasattr(self, "seen_pool")
+                else {}
+            ),
             "compute": compute({**metrics, "train/generated_tokens": 0}),
         }
         return more, manifest

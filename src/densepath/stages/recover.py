@@ -90,7 +90,7 @@ class RecoverStage(Stage):
             enc, _ = sample_policy(sft_model, tok, task, task.splits()["eval"][: cfg.eval.eval_size], sampler)
             r, m = score_encoded(reward, enc, tok.pad_token_id, device)
             ctx.metrics["sft/eval/sampled/reward"] = float((r * m).sum(-1).mean())
-            ctx.metrics["sft/eval/sampled/kl_to_sft"] = 0.0
+            ctx.metrics["sft/eval/sampled/kl_to_sft"] = ctx.metrics["sft/eval/sampled/kl_exact"] = 0.0
         _print_table(table, task.recovery_probe)
         manifest = {
             "reward": reward.describe(),

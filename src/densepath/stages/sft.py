@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from hydra.utils import instantiate
 
 from densepath.callbacks.reward_recovery import RewardRecoveryCallback
@@ -45,6 +47,22 @@ class SFTStage(TrainingStage):
     policy_dir = "policy"
     artifact_subdir = "policy"
 
+    half: list[int] | None = None  # set on the half-data SFT: the indices of its half of the `sft` split
+
+    def run(self, ctx) -> dict[str, float]:
+        node = ctx.cfg.sft
+        if node.get("half_data") and self.half is None and not ctx.stage_finished(f"{self.name}_half_data"):
+            # the paper's pi_base: SFT on a random half of the demonstrations, same passes and schedule
+            # shape (half the optimiser steps), before the main run so its recovery report can use it
+            n = len(ctx.task.splits()["sft"])
+            half = HalfDataSFTStage()
+            half.name, half.half = (
+                f"{self.name}_half_data",
+                sorted(random.Random(ctx.cfg.seed).sample(range(n), n // 2)),
+            )
+            half.run(ctx)
+        return super().run(ctx)
+
     def setup(self, ctx) -> FitSetup:
         cfg, scfg, dcfg = ctx.cfg, ctx.cfg.sft, ctx.cfg.data
         sft_dir = ctx.stage_dir(self.name)
@@ -53,7 +71,8 @@ class SFTStage(TrainingStage):
         ctx.set_tokenizer(tok)
         model = prepare_policy(spec.build(tok), cfg.model)
         splits = ctx.task.splits()
-        train = encode_rows(tok, ctx.task, splits["sft"], dcfg.max_prompt_len, dcfg.max_response_len, "sft")
+        rows = splits["sft"] if self.half is None else [splits["sft"][i] for i in self.half]
+        train = encode_rows(tok, ctx.task, rows, dcfg.max_prompt_len, dcfg.max_response_len, "sft")
         val = encode_rows(
             tok,
             ctx.task,
@@ -65,18 +84,21 @@ class SFTStage(TrainingStage):
         self.snapshots = SnapshotCallback(
             sft_dir / "snapshots", list(scfg.snapshot_fractions), scfg.steps, scfg.batch_size, tok
         )
-        callbacks = [self.snapshots]
+        callbacks = [self.snapshots] if self.half is None else []
         self.recovery = None
-        if cfg.callbacks.get("reward_recovery", {}).get("enabled", False):
+        if self.half is None and cfg.callbacks.get("reward_recovery", {}).get("enabled", False):
             self.recovery = recovery_callback(ctx, sft_dir)
             callbacks.append(self.recovery)
+        steps, warmup = scfg.steps, scfg.module.warmup_steps
+        if self.half is not None:  # the same schedule shape over half the steps
+            steps, warmup = max(1, round(steps / 2)), round(warmup / 2)
         return FitSetup(
-            module=instantiate(scfg.module, _partial_=True)(model),
-            max_steps=scfg.steps,
+            module=instantiate(scfg.module, _partial_=True)(model, max_steps=steps, warmup_steps=warmup),
+            max_steps=steps,
             data={"datamodule": DemoDataModule(train, val, tok.pad_token_id, scfg.batch_size, cfg.seed)},
             callbacks=callbacks,
             trainer_kwargs={
-                "val_check_interval": min(scfg.val_every, scfg.steps),
+                "val_check_interval": min(scfg.val_every, steps),
                 "check_val_every_n_epoch": None,
             },
         )
@@ -104,6 +126,26 @@ class SFTStage(TrainingStage):
             "snapshots": saved,
             "tokenizer_hash": ctx.manifest["tokenizer_hash"],
             "samples_seen": steps * ctx.cfg.sft.batch_size * fs.trainer.world_size,
+            # the order of the `sft` split the run consumed (data.loader.consumed_indices recovers it)
+            "data_order": {
+                "n": len(ctx.task.splits()["sft"]),
+                "seed": int(ctx.cfg.seed),
+                "batch_size": int(ctx.cfg.sft.batch_size),
+                "steps": steps,
+                "world": int(fs.trainer.world_size),
+            },
             "final_lr": module.final_lr(),
         }
         return more, manifest
+
+
+class HalfDataSFTStage(SFTStage):
+    """SFT on `half` of the demonstrations (run by `SFTStage` when `sft.half_data`): `baseline=half_data`."""
+
+    def report(self, ctx, fs: FitSetup, metrics: dict):
+        policy = save_policy(fs.module.model, ctx.tokenizer, ctx.stage_dir(self.name) / "policy")
+        return {}, {
+            "checkpoints": {"policy": policy},
+            "demo_indices": self.half,
+            "steps": int(metrics["train/steps"]),
+        }
