@@ -43,6 +43,7 @@ def dpr_compute(ctx) -> tuple[int, float] | None:
 
 class ContinuedSFTStage(TrainingStage):
     policy_dir = "best"
+    seen_pool: int | None = None  # demos=seen: how many demonstrations SFT consumed (the pool drawn from)
 
     def setup(self, ctx) -> FitSetup:
         cfg, node, dcfg = ctx.cfg, ctx.cfg[self.name], ctx.cfg.data
@@ -136,7 +137,7 @@ class ContinuedSFTStage(TrainingStage):
             "demos": ctx.cfg[self.name].demos,
             **(
                 {"seen_pool": self.seen_pool, "demo_indices": self.drawn}
-                if hasattr(self, "seen_pool")
+                if self.seen_pool is not None
                 else {}
             ),
             "compute": compute({**metrics, "train/generated_tokens": 0}),
