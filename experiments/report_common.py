@@ -155,20 +155,26 @@ POLICIES = ("sft", "dpr", "continued_sft", "rloo")
 
 
 def policy_rows(jobs, head: str, policies=POLICIES) -> dict[str, dict[str, float]]:
-    """{"<policy> <decoding>": {seed: eval value}} for sampled T=1, greedy and the val-chosen T."""
+    """{"<policy> <decoding>": {seed: eval value}} for sampled T=1, greedy and the decoder chosen on val
+    by the `decode` stage."""
     rows = {}
     for p in policies:
         rows[f"{p} sampled T=1"] = by_seed(jobs, f"{p}/eval/sampled/{head}")
         rows[f"{p} greedy"] = by_seed(jobs, f"{p}/eval/greedy/{head}")
-        rows[f"{p} best T (val)"] = by_seed(jobs, f"temperature/{p}/eval/{head}")
+        rows[f"{p} best decoder (val)"] = by_seed(jobs, f"decode/{p}/best/{head}")
         rows[f"{p} last ckpt, T=1"] = by_seed(jobs, f"{p}/eval_last/sampled/{head}")
         rows[f"{p} last ckpt, greedy"] = by_seed(jobs, f"{p}/eval_last/greedy/{head}")
     return {k: v for k, v in rows.items() if v}
 
 
-def chosen_temps(jobs, p: str) -> str:
-    ts = [j["metrics"].get(f"temperature/{p}/best_temperature") for j in jobs]
-    return ", ".join("greedy" if t == 0 else f"{t:g}" for t in ts if t is not None) or "-"
+def chosen_decoders(jobs, p: str) -> str:
+    """The decoder the `decode` stage chose on val for policy `p`, per job (from its manifest)."""
+    out = []
+    for j in jobs:
+        man = Path(j["dir"]) / "decode" / "manifest.json"
+        if man.exists():
+            out.append(json.loads(man.read_text()).get("chosen", {}).get(p))
+    return ", ".join(d for d in out if d) or "-"
 
 
 # --------------------------------------------------------------------------- command line

@@ -30,7 +30,7 @@ ALL = {
         "dpr",
         "rloo",
         "continued_sft",
-        "temperature",
+        "decode",
         "trainer",
         "logger",
         "callbacks",
@@ -54,9 +54,7 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path):
 def test_group_option_lists_are_the_documented_ones():
     assert ALL["baseline"] == ["base", "ensemble", "half_data", "sft_fraction", "sft_half", "uniform"]
     assert ALL["reward"] == ["log_ratio", "logprob", "soft_bellman", "sparse"]
-    assert {"default", "sft", "recover", "dpr", "rloo", "continued_sft", "temperature"} <= set(
-        ALL["pipeline"]
-    )
+    assert {"default", "sft", "recover", "dpr", "rloo", "continued_sft", "decode"} <= set(ALL["pipeline"])
     assert {"cpu", "gpu"} <= set(ALL["trainer"]) and {"csv", "wandb", "none"} <= set(ALL["logger"])
 
 

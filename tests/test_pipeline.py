@@ -105,7 +105,14 @@ def test_full_pipeline_tiny(tmp_path: Path, capsys):
         <= 0.1 * m["dpr/train/trained_tokens"] + 12
     )
     man = _json(run_dir / "manifest.json")
-    assert set(man["stages"]) == {"sft", "recover", "dpr", "continued_sft", "rloo"}
+    assert set(man["stages"]) == {"sft", "recover", "dpr", "continued_sft", "rloo", "decode"}
+    # the decode stage ends the default chain; the comparison shows each policy's val-chosen decoder
+    chosen = man["stages"]["decode"]["chosen"]
+    assert set(chosen) == {"sft", "dpr", "continued_sft", "rloo"}
+    assert "best decoder (val)" in out and "| dpr | " in out
+    for p in ("dpr", "continued_sft", "rloo"):
+        assert 0.0 <= m[f"decode/{p}/greedy_same_as_mode"] <= 1.0
+        assert m[f"decode/{p}/best/success"] == m[f"decode/{p}/eval/{chosen[p]}/success"]
     assert Path(man["checkpoints"]["dpr/best"]["path"]).is_dir()
     assert Path(man["checkpoints"]["dpr/last"]["path"]).is_dir()
     # the per-step sample table / heatmap of the RL stages
@@ -132,47 +139,3 @@ def test_known_reward_pipeline_tiny(tmp_path: Path):
     assert m["sft/eval/expert_true_return"] > m["sft/eval/uniform_true_return"]
     assert "recover/configured/fidelity/expert/pearson" in m
     assert "recover/logprob/fidelity/within/pearson_mean" in m
-
-
-def test_choose_temperature_prefers_higher_on_ties():
-    from densepath.stages.temperature import choose
-
-    assert choose({0.0: 0.5, 0.5: 0.7, 1.0: 0.6}) == 0.5
-    assert choose({0.0: 0.7, 0.5: 0.7, 1.0: 0.6}) == 0.5
-    assert choose({0.0: 0.9, 0.5: 0.7}) == 0.0
-
-
-def test_temperature_stage_from_parent(sft_run: Path, tmp_path: Path, capsys):
-    run_dir = tmp_path / "temp"
-    run_cfg(
-        [
-            "debug=tiny",
-            "pipeline=temperature",
-            f"parent_run={sft_run}",
-            "temperature.temperatures=[0.5,1.0]",
-        ],
-        run_dir,
-    )
-    assert "Best decoding temperature" in capsys.readouterr().out
-    m = _json(run_dir / "metrics.json")
-    parent = _json(sft_run / "metrics.json")
-    val = {t: m[f"temperature/sft/val/T{t}/success"] for t in ("0", "0.5", "1")}
-    best = m["temperature/sft/best_temperature"]
-    assert best in (0.0, 0.5, 1.0) and val[f"{best:g}"] == max(val.values())
-    # greedy decoding is deterministic: the same val number the SFT stage reported
-    assert val["0"] == pytest.approx(parent["sft/val/greedy/success"])
-    assert 0.0 <= m["temperature/sft/eval/success"] <= 1.0
-    assert not any(k.startswith("temperature/dpr/") for k in m)  # the parent has no DPR policy
-
-
-def test_temperature_stage_rejects_unknown_policy(sft_run: Path, tmp_path: Path):
-    with pytest.raises(ValueError, match=r"temperature.policies: \['ppo'\] have no policy"):
-        run_cfg(
-            [
-                "debug=tiny",
-                "pipeline=temperature",
-                f"parent_run={sft_run}",
-                "temperature.policies=[sft,ppo]",
-            ],
-            tmp_path / "bad",
-        )

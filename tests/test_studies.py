@@ -32,9 +32,10 @@ def test_main_report_tables_and_plot(tmp_path: Path):
             m[f"{p}/eval/sampled/success"] = v[s]
             m[f"{p}/eval/greedy/success"] = v[s] + 0.2
             m[f"{p}/eval/sampled/add/success"] = v[s] / 2
-        m["temperature/sft/eval/success"] = 0.5
-        m["temperature/sft/best_temperature"] = 0.5
+        m["decode/sft/best/success"] = 0.5
         _job(sweep, f"seed{s}", ["experiment=main", f"seed={s}"], m)
+        (sweep / f"seed{s}" / "decode").mkdir()
+        (sweep / f"seed{s}" / "decode" / "manifest.json").write_text(json.dumps({"chosen": {"sft": "beam4"}}))
     (sweep / "seed9" / ".hydra").mkdir(parents=True)  # unfinished: listed, not counted
     (sweep / "seed9" / ".hydra" / "overrides.yaml").write_text("- seed=9\n")
     out = tmp_path / "out"
@@ -45,7 +46,8 @@ def test_main_report_tables_and_plot(tmp_path: Path):
     d = np.array(vals["dpr"]) - np.array(vals["sft"])
     assert f"| dpr sampled T=1 | 3 | {d.mean():.3f} |" in md  # paired vs sft sampled
     assert "seed9" in md and (out / "main.png").stat().st_size > 0
-    assert "sft: 0.5, 0.5, 0.5" in md
+    assert "| sft best decoder (val) | 3 | 0.500" in md
+    assert "sft: beam4, beam4, beam4" in md
 
 
 def test_gradvar_runs_on_a_tiny_sft_run(sft_run: Path, tmp_path: Path):

@@ -12,7 +12,7 @@ from pathlib import Path
 from experiments.report_common import (
     bar_ci,
     by_seed,
-    chosen_temps,
+    chosen_decoders,
     compare_md,
     compare_rows,
     failures_md,
@@ -100,11 +100,11 @@ def report_beyond(sweep: Path, out: Path) -> None:
     md.append(f"| best possible | - | {fmt(ref['best_true_return'])} | 0 |")
     md += [
         "",
-        "Temperatures chosen on `val` per seed: "
-        + "; ".join(f"{p}: {chosen_temps(jobs, p)}" for p in ("sft", "dpr", "continued_sft")),
+        "Decoders chosen on `val` per seed: "
+        + "; ".join(f"{p}: {chosen_decoders(jobs, p)}" for p in ("sft", "dpr", "continued_sft")),
     ]
     comps = {}
-    for refname in ("sft best T (val)", "sft greedy", "sft sampled T=1"):
+    for refname in ("sft best decoder (val)", "sft greedy", "sft sampled T=1"):
         names = [n for n in rows if n.startswith(("dpr", "continued_sft"))]
         comps[refname] = compare_rows(rows, refname, names)
         md += ["", f"### Paired differences vs `{refname}` (Holm over {len(comps[refname])} rows)", ""]

@@ -17,7 +17,7 @@ from experiments.report_common import (
     POLICIES,
     bar_ci,
     by_seed,
-    chosen_temps,
+    chosen_decoders,
     compare_md,
     compare_rows,
     failures_md,
@@ -42,7 +42,7 @@ def report_main(sweep: Path, out: Path) -> None:
         "",
         f"Built-in tasks, `eval` split (600 held-out prompts per seed), n = {len(jobs)} seeds ({seeds_of(jobs)}); "
         "mean ± 95% t-interval over seeds. DPR, RLOO and continued SFT report their best-`val` checkpoint. "
-        "`best T (val)` = the decoding setting (greedy or T in 0.25/0.5/0.75/1) with the best `val` success, "
+        "`best decoder (val)` = the `decode` stage's setting (greedy, a temperature, a beam or best-of-N) with the best `val` success, "
         "evaluated once on `eval`.",
         "",
         "## Overall verifier success",
@@ -57,8 +57,8 @@ def report_main(sweep: Path, out: Path) -> None:
         md.append(f"| {name} | {stats[name]['n']} | {fmt_ci(stats[name])} | {per} |")
     md += [
         "",
-        "Temperatures chosen on `val` per seed: "
-        + "; ".join(f"{p}: {chosen_temps(jobs, p)}" for p in POLICIES),
+        "Decoders chosen on `val` per seed: "
+        + "; ".join(f"{p}: {chosen_decoders(jobs, p)}" for p in POLICIES),
         "",
         "Best-`val` step per seed (0 = the SFT policy itself was best on `val`): "
         + "; ".join(
@@ -68,18 +68,23 @@ def report_main(sweep: Path, out: Path) -> None:
     ]
     # paired comparisons: each trained policy against SFT at T=1 and against SFT's best decoding
     comps = {}
-    for ref in ("sft sampled T=1", "sft best T (val)", "sft greedy", "continued_sft best T (val)"):
+    for ref in (
+        "sft sampled T=1",
+        "sft best decoder (val)",
+        "sft greedy",
+        "continued_sft best decoder (val)",
+    ):
         if ref not in rows:
             continue
         names = [n for n in rows if not n.startswith("sft ")]
         if ref.startswith("continued_sft"):
-            names = [n for n in names if n.startswith(("dpr", "rloo")) and n.endswith("best T (val)")]
+            names = [n for n in names if n.startswith(("dpr", "rloo")) and n.endswith("best decoder (val)")]
         elif ref == "sft sampled T=1":
             names = [n for n in names if n.endswith("T=1")]
         elif ref == "sft greedy":
             names = [n for n in names if n.endswith("greedy")]
         else:
-            names = [n for n in names if n.endswith("best T (val)")]
+            names = [n for n in names if n.endswith("best decoder (val)")]
         comps[ref] = compare_rows(rows, ref, names)
         md += ["", f"### Paired differences vs `{ref}` (Holm over the {len(comps[ref])} rows)", ""]
         md += compare_md(comps[ref], ref, "success")

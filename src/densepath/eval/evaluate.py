@@ -66,35 +66,44 @@ def evaluate_policy(
     metrics: dict[str, float] = {}
     details: dict = {}
     prompts = [encode_prompt(tokenizer, task.messages(r)) for r in rows]
-    by_family = defaultdict(list)
-    for i, r in enumerate(rows):
-        by_family[r["family"]].append(i)
     for mode in modes:
         batch = sampler.generate(model, prompts, k=1, greedy=(mode == "greedy"), temperature=temperature)
-        ids, mask = batch.response_ids.cpu(), batch.response_mask.cpu().bool()
-        texts = [answer_text(tokenizer, row[m].tolist()) for row, m in zip(ids, mask)]
-        scores = task.score(rows, texts)
-        scores["length"] = batch.response_mask.sum(-1).float().cpu().numpy()
-        if extra is not None:
-            scores.update(extra(batch))
-        details[mode] = {"texts": texts, "scores": scores}
-        for name, vals in scores.items():
-            mean, lo, hi = _summ(np.asarray(vals, dtype=np.float64), name in ("success", "malformed"))
-            metrics[f"{split}/{mode}/{name}"] = mean
-            if name != "length":
-                metrics[f"{split}/{mode}/{name}_lo"], metrics[f"{split}/{mode}/{name}_hi"] = lo, hi
-        if "malformed" in scores:  # strict evaluation: how many answers scored the task's penalty
-            metrics[f"{split}/{mode}/malformed_count"] = float(np.sum(scores["malformed"]))
-        if len(by_family) > 1:
-            for fam, idx in by_family.items():
-                for name in (n for n in scores if n != "length"):
-                    vals = np.asarray(scores[name], dtype=np.float64)[idx]  # idx is never empty
-                    metrics[f"{split}/{mode}/{fam}/{name}"] = float(np.nanmean(vals))
+        m, details[mode] = score_answers(tokenizer, task, rows, batch, f"{split}/{mode}", extra)
+        metrics.update(m)
     headline = task.headline
     if f"{split}/sampled/{headline}" in metrics:
         metrics[f"{split}/{headline}"] = metrics[f"{split}/sampled/{headline}"]
     metrics[f"{split}/n"] = float(len(rows))
     return metrics, details
+
+
+def score_answers(
+    tokenizer, task, rows: list[dict], batch, prefix: str, extra: Callable | None = None
+) -> tuple[dict[str, float], dict]:
+    """Judge one answer per row (`batch`, k = 1): (`<prefix>/<metric>` metrics, {"texts", "scores"})."""
+    metrics: dict[str, float] = {}
+    ids, mask = batch.response_ids.cpu(), batch.response_mask.cpu().bool()
+    texts = [answer_text(tokenizer, row[m].tolist()) for row, m in zip(ids, mask)]
+    scores = task.score(rows, texts)
+    scores["length"] = batch.response_mask.sum(-1).float().cpu().numpy()
+    if extra is not None:
+        scores.update(extra(batch))
+    for name, vals in scores.items():
+        mean, lo, hi = _summ(np.asarray(vals, dtype=np.float64), name in ("success", "malformed"))
+        metrics[f"{prefix}/{name}"] = mean
+        if name not in ("length", "cost"):
+            metrics[f"{prefix}/{name}_lo"], metrics[f"{prefix}/{name}_hi"] = lo, hi
+    if "malformed" in scores:  # strict evaluation: how many answers scored the task's penalty
+        metrics[f"{prefix}/malformed_count"] = float(np.sum(scores["malformed"]))
+    by_family = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_family[r["family"]].append(i)
+    if len(by_family) > 1:
+        for fam, idx in by_family.items():
+            for name in (n for n in scores if n not in ("length", "cost")):
+                vals = np.asarray(scores[name], dtype=np.float64)[idx]  # idx is never empty
+                metrics[f"{prefix}/{fam}/{name}"] = float(np.nanmean(vals))
+    return metrics, {"texts": texts, "scores": scores}
 
 
 def format_table(

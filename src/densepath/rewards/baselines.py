@@ -53,7 +53,7 @@ class Baseline:
     """Interface: `load(sft_dir, tokenizer, device)` then `logp(batch...) -> (B, T)`."""
 
     name = "baseline"
-    models: list
+    n_models = 1  # frozen models run per scored token (inference cost)
 
     def load(self, sft_dir: Path, tokenizer, device, dtype=torch.float32) -> Baseline:
         raise NotImplementedError
@@ -135,6 +135,8 @@ class HalfDataBaseline(BaseModelBaseline):
 class UniformBaseline(Baseline):
     """Uniform over the vocabulary: log pi_base = -log|V|."""
 
+    n_models = 0
+
     def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
         self.vocab_size = len(tokenizer)
         self.name = "uniform"
@@ -152,6 +154,10 @@ class EnsembleBaseline(Baseline):
     """Normalised geometric mean of several snapshots (materialises (B, T, V) per member: small vocabularies)."""
 
     fractions: list = field(default_factory=lambda: [0.25, 0.5, 0.75])
+
+    @property
+    def n_models(self) -> int:  # type: ignore[override]
+        return len(self.fractions)
 
     def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
         self.members = [SnapshotBaseline(f).load(sft_dir, tokenizer, device, dtype) for f in self.fractions]

@@ -71,6 +71,11 @@ class DenseReward:
         return cls(formulation, sft_model, baseline, Path(sft_dir) / "policy")
 
     @property
+    def n_models(self) -> int:
+        """Frozen models run per scored token: pi_SFT plus the baseline's."""
+        return 1 + (self.baseline.n_models if self.baseline is not None else 0)
+
+    @property
     def baseline_name(self) -> str:
         return self.baseline.name if self.baseline is not None else "none"
 

@@ -70,3 +70,20 @@ def mask_after_eos(
     is_eos = response_ids == eos_id  # (B, T)
     seen_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # (B, T)
     return response_ids.masked_fill(seen_before, pad_id), (~seen_before).long(), is_eos.any(-1)
+
+
+def concat_batches(parts: list[SampleBatch], pad_id: int, k: int) -> SampleBatch:
+    """One batch from consecutive chunks of prompts (all with the same k), padded to the widest."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str, value: int, left: bool) -> torch.Tensor:
+        """The `name` tensors of all parts, padded to the widest (prompts on the left, responses right)."""
+        xs = [getattr(p, name) for p in parts]
+        width = max(x.shape[1] for x in xs)
+        pads = [(width - x.shape[1], 0) if left else (0, width - x.shape[1]) for x in xs]
+        return torch.cat([torch.nn.functional.pad(x, pad, value=value) for x, pad in zip(xs, pads)])
+
+    prompts = cat("prompt_ids", pad_id, True), cat("prompt_mask", 0, True)
+    responses = cat("response_ids", pad_id, False), cat("response_mask", 0, False)
+    return SampleBatch(*prompts, *responses, torch.cat([p.finished for p in parts]), k)

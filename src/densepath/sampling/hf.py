@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from densepath.sampling.base import SampleBatch, left_pad, mask_after_eos
+from densepath.sampling.base import SampleBatch, concat_batches, left_pad, mask_after_eos
 
 
 @dataclass
@@ -69,7 +69,7 @@ class HFSampler:
             ]
         finally:
             model.train(was_training)
-        return _concat(parts, self.pad_token_id, k)
+        return concat_batches(parts, self.pad_token_id, k)
 
     def _generate_chunk(self, model, prompts, k, max_new, temp, greedy, min_new, device):
         ids, mask = left_pad(prompts, self.pad_token_id, device)
@@ -132,19 +132,3 @@ class HFSampler:
             )
             logits = out.logits[:, -1].float()
         return tokens
-
-
-def _concat(parts: list[SampleBatch], pad_id: int, k: int) -> SampleBatch:
-    if len(parts) == 1:
-        return parts[0]
-
-    def cat(name: str, value: int, left: bool) -> torch.Tensor:
-        """The `name` tensors of all parts, padded to the widest (prompts on the left, responses right)."""
-        xs = [getattr(p, name) for p in parts]
-        width = max(x.shape[1] for x in xs)
-        pads = [(width - x.shape[1], 0) if left else (0, width - x.shape[1]) for x in xs]
-        return torch.cat([torch.nn.functional.pad(x, pad, value=value) for x, pad in zip(xs, pads)])
-
-    prompts = cat("prompt_ids", pad_id, True), cat("prompt_mask", 0, True)
-    responses = cat("response_ids", pad_id, False), cat("response_mask", 0, False)
-    return SampleBatch(*prompts, *responses, torch.cat([p.finished for p in parts]), k)
