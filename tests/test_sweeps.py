@@ -229,3 +229,37 @@ def test_optuna_sweep_runs_and_reads_the_validation_objective(sft_run: Path, tmp
         if (j / "DONE").exists()
     ]
     assert len(objectives) == 2 and best["best_value"] == pytest.approx(max(objectives))
+
+
+@pytest.mark.slow
+def test_the_controls_compose_with_a_sweep(sft_run: Path, tmp_path: Path):
+    """Continued SFT's `demos`, the half-data baseline and the decode grid as sweep axes."""
+    sweep = tmp_path / "controls"
+    _run(
+        [
+            "-m",
+            "debug=tiny",
+            "pipeline=continued_sft",
+            "+stage@pipeline.stages.decode=decode",
+            f"parent_run={sft_run}",
+            "continued_sft.demos=fresh,seen",
+            "decode.beam_widths=[2],[2,3]",
+            "decode.best_of_n=[2]",
+            "baseline=half_data",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert len(jobs) == 4
+    seen = set()
+    for job in jobs:
+        man = json.loads((job / "manifest.json").read_text())["stages"]
+        m = json.loads((job / "metrics.json").read_text())
+        widths = man["decode"]["beam_widths"]
+        seen.add((man["continued_sft"]["demos"], tuple(widths)))
+        assert man["decode"]["reward"]["baseline"]["name"] == "half_data"
+        assert man["decode"]["reference"] == f"sft beam{max(widths)}"
+        assert set(man["decode"]["chosen"]) == {"sft", "continued_sft"}
+        assert all(f"decode/continued_sft/eval/beam{w}/cost" in m for w in widths)
+    assert seen == {(d, w) for d in ("fresh", "seen") for w in ((2,), (2, 3))}
