@@ -368,6 +368,9 @@ def test_end_to_end_tiny_sft_on_jsonl(msgs_file, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "recover/configured/reward/token_mean" in metrics
     assert "dpr/eval/nll" in metrics
+    # the decode stage needs a verifier: in a chain it is skipped and says why
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert "judges answers" in manifest["stages"]["decode"]["skipped"]
     for k in ("sft/train/loss", "sft/val/loss", "sft/eval/nll"):
         assert k in metrics, sorted(metrics)
         assert 0.0 < metrics[k] < 20.0, (

@@ -80,10 +80,15 @@ class DecodeStage(Stage):
     def run(self, ctx) -> dict[str, float]:
         cfg, task, node, name = ctx.cfg, ctx.task, ctx.cfg[self.name], self.name
         if not task.verifiable:
-            raise ValueError(
-                f"pipeline: the `{name}` stage needs a task that judges answers; data={task.name} reports "
-                "held-out NLL, which does not depend on how answers are decoded"
+            why = (
+                f"the `{name}` stage needs a task that judges answers; data={task.name} reports held-out "
+                "NLL, which does not depend on how answers are decoded"
             )
+            if len(ctx.stages) == 1:  # asked for alone: an error; in a chain: skipped, and said so
+                raise ValueError(f"pipeline: {why}")
+            log.warning("%s: skipped (%s)", name, why)
+            ctx.record(name, {}, {"skipped": why})
+            return {}
         grid = Grid.from_node(node, name)
         available = available_policies(ctx)
         wanted = available if node.policies is None else list(node.policies)
