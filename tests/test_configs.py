@@ -143,6 +143,26 @@ def test_experiment_known_reward_runs_tiny(tmp_path: Path):
     assert man["stages"]["dpr"]["baseline"] == "none"
 
 
+def test_known_reward_options_compose():
+    """The broadened benchmark is data=known_reward's default; the reward table follows the run seed; the
+    original single-prompt benchmark is one option away; experiment=known_reward_broad fixes its SFT budget."""
+    cfg = OmegaConf.to_container(compose_cfg(["data=known_reward", "seed=3"], None), resolve=True)
+    assert (
+        cfg["data"]["reward_seed"] == 3 and cfg["data"]["starts"] == "all" and cfg["data"]["min_horizon"] == 4
+    )
+    single = OmegaConf.to_container(compose_cfg(["data=known_reward_single", "seed=3"], None), resolve=True)
+    assert single["data"]["reward_seed"] == 0 and single["data"]["starts"] == "bos"
+    assert single["data"]["min_horizon"] == single["data"]["horizon"] == 8
+    broad = compose_cfg(["experiment=known_reward_broad", "data.demos=1000", "data.expert.epsilon=0.2"], None)
+    assert broad.data._target_.endswith("KnownRewardTask") and broad.data.demos == 1000
+    assert (
+        list(broad.pipeline.stages) == ["sft", "decode"]
+        and broad.sft.steps == 1200
+        and broad.decode.policies == ["sft"]
+    )
+    assert compose_cfg(["experiment=known_reward"], None).data.starts == "bos"  # the committed studies' task
+
+
 def test_controls_interpolate_dpr():
     """RLOO and continued SFT read DPR's settings by interpolation: matched by construction."""
     cfg = compose_cfg(
@@ -168,7 +188,8 @@ def test_decoding_settings_have_one_home():
                 yield f"{prefix}{k}"
 
     found = [k for k in keys(cfg) if k.rsplit(".", 1)[-1] in ("max_new_tokens", "temperature", "top_p")]
-    assert found == [], found
+    # the known-reward demonstrator's temperature is task design (how the expert is tempered), not decoding
+    assert found == ["data.expert.temperature"], found
 
 
 def test_task_with_a_horizon_refuses_longer_rollouts(tmp_path: Path):

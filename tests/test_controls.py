@@ -80,11 +80,11 @@ def test_strict_evaluation_of_known_reward_answers():
     answers = [[a, b, eos], [a, pad, b, eos], [tok.bos_token_id, eos]]  # well formed, pad inside, BOS
     rows = task.splits()["eval"][:3]
     m, details = evaluate_policy(None, tok, task, rows, _FixedSampler(answers, pad), modes=("greedy",))
-    worst, good = task.mdp.worst_return(), float(task.mdp.true_return([[0, 1, 3]])[0])
+    worst, good = task.bench.mdps[0].worst_return(), float(task.bench.mdps[0].true_return([[0, 1, 3]])[0])
     assert details["greedy"]["scores"]["malformed"].tolist() == [0.0, 1.0, 1.0]
     assert m["eval/greedy/malformed_count"] == 2.0 and m["eval/greedy/malformed"] == pytest.approx(2 / 3)
     assert m["eval/greedy/true_return"] == pytest.approx((good + 2 * worst) / 3, abs=1e-12)
-    assert worst < min(task.mdp.uniform_mean_return(), good)
+    assert worst < min(task.bench.mdps[0].uniform_mean_return(), good)
 
 
 def test_exact_kl_matches_a_loop_over_states_and_vocabulary():

@@ -137,5 +137,10 @@ def test_known_reward_pipeline_tiny(tmp_path: Path):
     m = _json(run_dir / "metrics.json")
     assert "sft/eval/sampled/true_return" in m and "dpr/eval/sampled/true_return" in m
     assert m["sft/eval/expert_true_return"] > m["sft/eval/uniform_true_return"]
+    # the broadened benchmark (data=known_reward's defaults): references per split, the task in the manifest
+    assert m["sft/val/best_true_return"] > m["sft/val/expert_true_return"] > m["sft/val/worst_true_return"]
+    task = _json(run_dir / "manifest.json")["task"]
+    assert task["split_rule"] == "by start" and task["prompt_space"]["prompts"] == 45
+    assert task["reward_seeds"] == [0] and task["expert"]["soft_optimal"] is True
     assert "recover/configured/fidelity/expert/pearson" in m
     assert "recover/logprob/fidelity/within/pearson_mean" in m

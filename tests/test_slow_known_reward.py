@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cfg
 
 KR = [
-    "data=known_reward",
+    "data=known_reward_single",
     "data.sizes={sft: 20000, rl: 512, val: 256, eval: 512}",
     "model.hidden_size=64",
     "model.num_layers=2",

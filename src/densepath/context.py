@@ -84,6 +84,8 @@ class RunContext:
             "stages": {},
             "checkpoints": {},
         }
+        if describe := getattr(ctx.task, "describe", None):
+            ctx.manifest["task"] = describe()
         ctx.tracking = instantiate(cfg.logger) if cfg.get("logger") else None
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         old, old_metrics = ctx.run_dir / "manifest.json", ctx.run_dir / "metrics.json"

@@ -75,14 +75,21 @@ class ToyTask(Task):
 
 @dataclass
 class KnownRewardTask(Task):
-    """`data=known_reward`: 8 symbols + EOS, hidden reward r*(prev, next), exact soft-optimal expert."""
+    """`data=known_reward`: 8 symbols + EOS, hidden reward r*(prev, next), an exact expert; prompts
+    name a reward table, a start state and a horizon (see `data.known_reward.Benchmark`). The defaults
+    here are the original single-prompt benchmark; conf/data/known_reward.yaml sets the broadened one."""
 
     seed: int = 0
     sizes: dict = field(default_factory=lambda: {"sft": 20000, "rl": 2000, "val": 256, "eval": 512})
-    reward_seed: int = 0
+    reward_seed: int | list[int] = 0
     n_tokens: int = 8
     horizon: int = 8
-    max_prompt_len: int = 4
+    min_horizon: int | None = None  # None: every prompt has the full horizon
+    starts: str | list[str] = "bos"
+    expert: dict = field(default_factory=lambda: {"temperature": 1.0, "epsilon": 0.0})
+    demos: int | None = None  # the demonstration count (None: sizes.sft)
+    split_fractions: dict | None = None
+    max_prompt_len: int = 8
     max_response_len: int = 9
     name, headline, higher_is_better, verifiable, recovery_probe = (
         "known_reward",
@@ -93,9 +100,30 @@ class KnownRewardTask(Task):
     )
 
     def __post_init__(self):
-        from densepath.data.known_reward import KnownRewardMDP
+        from densepath.data.known_reward import Benchmark
 
-        self.mdp = KnownRewardMDP(self.n_tokens, self.horizon, seed=self.reward_seed)
+        seeds = self.reward_seed
+        if not isinstance(seeds, int):
+            seeds = [int(x) for x in seeds]
+        unknown = set(self.expert) - {"temperature", "epsilon"}
+        if unknown:
+            raise ValueError(f"data.expert has unknown keys {sorted(unknown)}; use temperature and epsilon")
+        self.bench = Benchmark(
+            self.seed,
+            seeds,
+            self.n_tokens,
+            self.horizon,
+            starts=self.starts if isinstance(self.starts, str) else list(self.starts),
+            min_horizon=self.min_horizon,
+            temperature=float(self.expert.get("temperature", 1.0)),
+            epsilon=float(self.expert.get("epsilon", 0.0)),
+            fractions=dict(self.split_fractions) if self.split_fractions else None,
+        )
+        self._sizes = dict(self.sizes)
+        if self.demos is not None:
+            if int(self.demos) < 1:
+                raise ValueError(f"data.demos={self.demos} must be >= 1 (the number of SFT demonstrations)")
+            self._sizes["sft"] = int(self.demos)
         self._splits = None
 
     @property
@@ -104,19 +132,11 @@ class KnownRewardTask(Task):
 
     def splits(self) -> dict[str, list[dict]]:
         if self._splits is None:
-            from densepath.data.known_reward import make_splits
-
-            self._splits = make_splits(
-                self.seed,
-                dict(self.sizes),
-                reward_seed=self.reward_seed,
-                n_tokens=self.n_tokens,
-                horizon=self.horizon,
-            )
+            self._splits = self.bench.splits(self._sizes)
         return self._splits
 
     def messages(self, row: dict) -> list[dict]:
-        return [{"role": "user", "content": ""}]  # the symbol template renders BOS alone
+        return [{"role": "user", "content": row["prompt"]}]  # the empty prompt renders BOS alone
 
     def corpus(self) -> list[str]:
         return []
@@ -124,46 +144,48 @@ class KnownRewardTask(Task):
     def build_tokenizer(self):
         from densepath.data.known_reward import symbols
 
-        return symbol_tokenizer(symbols(self.n_tokens))
+        return symbol_tokenizer(symbols(self.n_tokens) + self.bench.space.vocabulary())
 
     def score(self, rows: list[dict], texts: list[str]) -> dict[str, np.ndarray]:
-        returns, valid = self.mdp.score_texts(texts)
+        returns, valid = self.bench.score(rows, texts)
         return {"true_return": returns.numpy(), "malformed": (~valid).numpy().astype(np.float64)}
 
-    def reference_metrics(self) -> dict[str, float]:
-        return {
-            "expert_true_return": self.mdp.expert_mean_return(),
-            "best_true_return": self.mdp.best_return(),
-            "uniform_true_return": self.mdp.uniform_mean_return(),
-            "worst_true_return": self.mdp.worst_return(),
-        }
+    def reference_metrics(self, rows: list[dict]) -> dict[str, float]:
+        return self.bench.references(rows)
 
-    def reference_samples(self, n: int, generator) -> dict[str, list[str]]:
-        """Answers of the exact expert and of the uniform policy (the fidelity probe's references)."""
+    def describe(self) -> dict:
+        return {**self.bench.describe(), "demos": self._sizes.get("sft")}
+
+    def reference_samples(self, rows: list[dict], generator) -> dict[str, list[str]]:
+        """Answers of the exact expert and of the uniform policy to each row (the fidelity probe's references)."""
         from densepath.data.known_reward import to_text
 
-        expert, uniform = self.mdp.sample_expert(n, generator), self.mdp.sample_uniform(n, generator)
-        return {
-            "expert": [to_text(s, self.n_tokens) for s in expert],
-            "uniform": [to_text(s, self.n_tokens) for s in uniform],
-        }
+        prompts = self.bench.prompts_of(rows)
+        out: dict[str, list[str]] = {"expert": [""] * len(rows), "uniform": [""] * len(rows)}
+        for m, mdp in enumerate(self.bench.mdps):
+            idx = [i for i, p in enumerate(prompts) if p.table == m]
+            if not idx:
+                continue
+            st, hs = [prompts[i].start for i in idx], [prompts[i].horizon for i in idx]
+            for name, draw in (("expert", mdp.sample_expert), ("uniform", mdp.sample_uniform)):
+                for i, s in zip(idx, draw(len(idx), generator, st, hs)):
+                    out[name][i] = to_text(s, self.n_tokens)
+        return out
 
-    def scored_answers(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
-        """The well-formed answers as the MDP reads them (canonical text) and their true returns."""
+    def scored_answers(self, rows: list[dict], texts: list[str]) -> tuple[list[dict], list[str], np.ndarray]:
+        """The well-formed answers as the MDP reads them (canonical text), their rows and true returns."""
         from densepath.data.known_reward import to_text
 
-        eps = [e for e in (self.mdp.episode_from_text(t) for t in texts) if e is not None]
-        returns = self.mdp.true_return(eps).numpy() if eps else np.zeros(0)
-        return [to_text(e, self.n_tokens) for e in eps], returns
+        prompts = self.bench.prompts_of(rows)
+        keep, answers = [], []
+        for r, p, t in zip(rows, prompts, texts):
+            ep = self.bench.mdps[p.table].episode_from_text(t, p.horizon)
+            if ep is not None:
+                keep.append(r)
+                answers.append(to_text(ep, self.n_tokens))
+        returns = self.bench.score(keep, answers)[0].numpy() if keep else np.zeros(0)
+        return keep, answers, returns
 
     def fresh_demonstrations(self, n: int, seed: int) -> list[dict]:
-        import torch
-
-        from densepath.data.known_reward import to_text
-
-        g = torch.Generator().manual_seed(20_000 + seed)
-        seqs = self.mdp.sample_expert(n, g)
-        return [
-            {"family": self.name, "prompt": "", "response": to_text(s, self.n_tokens), "meta": {"tokens": s}}
-            for s in seqs
-        ]
+        """New expert demonstrations over every prompt, from a generator the SFT split never used."""
+        return self.bench.rows("sft", n, seed_offset=20_000 + seed)

@@ -5,7 +5,7 @@ A task owns its prompt splits (`sft` with demonstrations, `rl`, `val`, `eval`: r
 Stages and reports ask the protocol, never the concrete class. The built-in tasks subclass it and
 inherit its defaults (no horizon, no reference metrics). The probes a task names need more:
 `corruption` uses `corrupt(row, response, rng)` and a `success` score; `fidelity` uses
-`reference_samples(n, generator)` and `scored_answers(texts)`.
+`reference_samples(rows, generator)` and `scored_answers(rows, texts)`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,13 @@ class Task(Protocol):
         """Per-answer ground truth (`success`, `true_return`, ...); {} when answers cannot be judged."""
         ...
 
-    def reference_metrics(self) -> dict[str, float]:
-        """Exact references (e.g. the expert's and the best return); {} when there are none."""
+    def reference_metrics(self, rows: list[dict]) -> dict[str, float]:
+        """Exact references for these rows' prompts (e.g. the expert's and the best return, averaged);
+        {} when there are none."""
+        return {}
+
+    def describe(self) -> dict:
+        """What the run's manifest records about the task beyond its config (e.g. the expert); {} if nothing."""
         return {}
 
     def fresh_demonstrations(self, n: int, seed: int) -> list[dict]:

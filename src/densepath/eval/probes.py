@@ -146,11 +146,26 @@ def _nanmean(values: list[float]) -> float:
     return float(sum(finite) / len(finite)) if finite else float("nan")
 
 
-def fidelity(recovered: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, float]:
+def _centre(x: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """x minus its group's mean (no-op without groups)."""
+    if groups is None:
+        return x
+    out = x.copy()
+    for g in np.unique(groups):
+        sel = groups == g
+        out[sel] = x[sel] - x[sel].mean()
+    return out
+
+
+def fidelity(
+    recovered: dict[str, np.ndarray], true: dict[str, np.ndarray], groups: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
     """Correlation of recovered vs true sequence returns, per policy, pooled and averaged within.
 
-    ``within/*_mean`` averages the per-policy values, skipping NaN ones (a policy with constant
-    returns); it is NaN if every policy is NaN.
+    ``groups`` (name -> a prompt id per answer) centres both returns within each prompt first (per
+    policy, and over the pooled answers for ``pooled``): the correlation then measures how well the
+    recovered reward ranks answers to the same prompt. ``within/*_mean`` averages the per-policy
+    values, skipping NaN ones (a policy with constant returns); it is NaN if every policy is NaN.
     """
     if set(recovered) != set(true):
         raise ValueError(
@@ -166,10 +181,19 @@ def fidelity(recovered: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> d
             raise ValueError(
                 f"policy {name!r}: {r.size} recovered returns but {t.size} true returns; pair them one to one."
             )
-        out[f"{name}/pearson"], out[f"{name}/spearman"] = pearson(r, t), spearman(r, t)
+        g = None if groups is None else np.asarray(groups[name]).reshape(-1)
+        if g is not None and g.size != r.size:
+            raise ValueError(
+                f"policy {name!r}: {g.size} group ids for {r.size} returns; give one per answer."
+            )
+        rc, tc = _centre(r, g), _centre(t, g)
+        out[f"{name}/pearson"], out[f"{name}/spearman"] = pearson(rc, tc), spearman(rc, tc)
         rec_all.append(r)
         true_all.append(t)
     rec_cat, true_cat = np.concatenate(rec_all), np.concatenate(true_all)
+    if groups is not None:
+        g_cat = np.concatenate([np.asarray(groups[n]).reshape(-1) for n in sorted(recovered)])
+        rec_cat, true_cat = _centre(rec_cat, g_cat), _centre(true_cat, g_cat)
     out["pooled/pearson"], out["pooled/spearman"] = pearson(rec_cat, true_cat), spearman(rec_cat, true_cat)
     for corr in ("pearson", "spearman"):
         out[f"within/{corr}_mean"] = _nanmean([out[f"{n}/{corr}"] for n in sorted(recovered)])

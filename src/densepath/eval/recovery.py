@@ -128,18 +128,23 @@ def separation_report(reward, task, tokenizer, rows, enc, texts, device) -> dict
     return out
 
 
-def fidelity_report(reward, task, tokenizer, policies: dict[str, list[str]], device) -> dict[str, float]:
-    """Known reward: recovered vs true return within each policy's answers and pooled. Malformed
-    answers are left out here (the task reads each well-formed answer as it scores it)."""
-    rec, true = {}, {}
+def fidelity_report(
+    reward, task, tokenizer, rows: list[dict], policies: dict[str, list[str]], device
+) -> dict[str, float]:
+    """Known reward: recovered vs true return within each policy's answers to ``rows`` and pooled,
+    both centred per prompt (a recovered reward may differ from the true one by a constant per start
+    state, e.g. -V(s0) for `logprob`; with one prompt centring changes nothing). Malformed answers are
+    left out here (the task reads each well-formed answer as it scores it)."""
+    rec, true, groups = {}, {}, {}
     for name, texts in policies.items():
-        answers, returns = task.scored_answers(texts)
-        rows = [{"family": task.name, "prompt": "", "response": a, "meta": {}} for a in answers]
-        enc = encode_many(tokenizer, [(task.messages(r), r["response"]) for r in rows])
+        kept, answers, returns = task.scored_answers(rows, texts)
+        pairs = [(task.messages(r), a) for r, a in zip(kept, answers)]
+        enc = encode_many(tokenizer, pairs)
         r, m = score_encoded(reward, enc, tokenizer.pad_token_id, device)
         rec[name] = (r * m).sum(-1).numpy().astype(np.float64)
         true[name] = np.asarray(returns, dtype=np.float64)
-    out = {f"fidelity/{k}": v for k, v in probes.fidelity(rec, true).items()}
+        groups[name] = np.asarray([r["prompt"] for r in kept])
+    out = {f"fidelity/{k}": v for k, v in probes.fidelity(rec, true, groups=groups).items()}
     for name in policies:
         out[f"fidelity/{name}/true_return"] = float(true[name].mean())
         out[f"fidelity/{name}/recovered_return"] = float(rec[name].mean())

@@ -53,10 +53,12 @@ class ProbeInputs:
             self.samples = sample_policy(sft_model, tokenizer, task, rows, sampler)
         elif task.recovery_probe == "fidelity":
             g = torch.Generator().manual_seed(seed)
-            self.policies = task.reference_samples(n_reference, g)
-            blank = [{"family": task.name, "prompt": "", "response": "", "meta": {}}] * n_reference
+            if not rows:
+                raise ValueError("the fidelity probe needs val rows; set data.sizes.val >= 1")
+            self.rows = [rows[i % len(rows)] for i in range(n_reference)]  # every policy answers these
+            self.policies = task.reference_samples(self.rows, g)
             for name, model in {"sft": sft_model, **(others or {})}.items():
-                self.policies[name] = sample_policy(model, tokenizer, task, blank, sampler)[1]
+                self.policies[name] = sample_policy(model, tokenizer, task, self.rows, sampler)[1]
 
     def report(self, reward, device) -> tuple[dict[str, float], dict]:
         """(metrics, details for the heatmap and artefact) of one reward."""
@@ -70,7 +72,7 @@ def _corruption(p: ProbeInputs, reward, device):
 
 
 def _fidelity(p: ProbeInputs, reward, device):
-    return fidelity_report(reward, p.task, p.tok, p.policies, device), {}
+    return fidelity_report(reward, p.task, p.tok, p.rows, p.policies, device), {}
 
 
 def _demos(p: ProbeInputs, reward, device):

@@ -36,11 +36,14 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
 )
 
-# The symbol tokenizer (known_reward) has no roles: the prompt is BOS alone.
+# The symbol tokenizer (known_reward): BOS, then the prompt words between role markers when the prompt is
+# not empty (an empty prompt, the original benchmark, is BOS alone), then the answer.
 SYMBOL_CHAT_TEMPLATE = (
     "{{ '<|bos|>' }}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
+    "{%- if message['role'] == 'user' and message['content'] -%}"
+    "{{ '<|user|> ' + message['content'] + ' <|assistant|>' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
     "{% generation %}{{ message['content'] + ' <|eos|>' }}{% endgeneration %}"
     "{%- endif -%}"
     "{%- endfor -%}"

@@ -90,11 +90,11 @@ def evaluate_and_report(ctx, model, *, title: str, splits=("val", "eval"), extra
             rows = task.splits()[split][: ctx.cfg.eval.get(f"{split}_size") or None]
             m, _ = evaluate_policy(model, ctx.tokenizer, task, rows, sampler, split=split, extra=extra)
             metrics.update(m)
+            metrics.update({f"{split}/{k}": v for k, v in task.reference_metrics(rows).items()})
             if not task.verifiable:
                 for k, v in heldout_nll(model, ctx.tokenizer, task, rows).items():
                     metrics[f"{split}/{k}"] = v
                     metrics[f"{split}/sampled/{k}"] = v  # not sampled: listed there so tables find it
-    metrics.update({f"eval/{k}": v for k, v in task.reference_metrics().items()})
     families = sorted({r["family"] for r in task.splits()["eval"]})
     table = format_table(metrics, "eval", task.headline, families if len(families) > 1 else [], title=title)
     print("\n" + table + "\n", flush=True)
