@@ -7,7 +7,8 @@ import random
 import pytest
 
 from densepath.data.formatting import encode_pair, encode_prompt
-from densepath.data.toy import FAMILIES, make_splits
+from densepath.data.sources import ToyTask
+from densepath.data.toy import DEFAULT_FAMILIES, FAMILIES, make_splits
 from densepath.models.tokenizer import symbol_tokenizer, tokenizer_hash, train_bpe_tokenizer
 
 
@@ -18,17 +19,34 @@ def bpe(tmp_path_factory):
     return train_bpe_tokenizer(texts, 1024, tmp_path_factory.mktemp("tok")), splits
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "words"])
+def _one_token_changed(tok, family: str, pairs: list[tuple[dict, str]]) -> None:
+    """Each (meta, demonstration) corrupted once: same token count, exactly one token differs."""
+    rng = random.Random(0)
+    assert len(pairs) >= 50, family
+    for meta, response in pairs:
+        bad, _ = FAMILIES[family].corrupt(meta, response, rng)
+        a = tok(response, add_special_tokens=False)["input_ids"]
+        b = tok(bad, add_special_tokens=False)["input_ids"]
+        assert len(a) == len(b), (response, bad)
+        assert sum(x != y for x, y in zip(a, b)) == 1, (response, bad)
+
+
+@pytest.mark.parametrize("family", [f for f in DEFAULT_FAMILIES if f != "words"])
 def test_corrupting_one_payload_char_changes_exactly_one_token(bpe, family):
     tok, splits = bpe
-    rng = random.Random(0)
-    rows = [e for e in splits["sft"] if e.family == family][:100]
-    for e in rows:
-        bad, _ = FAMILIES[family].corrupt(e.meta, e.response, rng)
-        a = tok(e.response, add_special_tokens=False)["input_ids"]
-        b = tok(bad, add_special_tokens=False)["input_ids"]
-        assert len(a) == len(b), (e.response, bad)
-        assert sum(x != y for x, y in zip(a, b)) == 1, (e.response, bad)
+    _one_token_changed(tok, family, [(e.meta, e.response) for e in splits["sft"] if e.family == family][:100])
+
+
+def test_path_corruption_is_one_token_in_its_own_tokenizer(tmp_path):
+    """data=paths trains its tokenizer on path prompts alone, which write only the row letters a-d; the
+    family's `tokenizer_texts` keep the letters its corruptions write (e-z) one token too."""
+    task = ToyTask(
+        families=["path"], sizes={"sft": 400, "rl": 8, "val": 8, "eval": 8}, cache_dir=str(tmp_path)
+    )
+    tok = task.build_tokenizer()
+    _one_token_changed(tok, "path", [(r["meta"], r["response"]) for r in task.splits()["sft"][:100]])
+    for c in "abcdefghijklmnopqrstuvwxyz":  # (grids hold 0, 1, 2 and 9 only: other digits need not be tokens)
+        assert len(tok(f"x {c} y", add_special_tokens=False)["input_ids"]) == 3, c
 
 
 def test_digits_and_letters_are_single_tokens(bpe):

@@ -8,10 +8,11 @@ import re
 
 import pytest
 
-from densepath.data.toy import FAMILIES, Example, make_splits
+from densepath.data.toy import DEFAULT_FAMILIES, FAMILIES, Example, make_splits
 
 SMALL = {"sft": 700, "rl": 140, "val": 70, "eval": 70}
 EXPECTED_FAMILIES = {"add", "sort", "reverse", "count", "words", "json", "upper"}
+OPT_IN = {"path"}  # in FAMILIES, drawn only when named (data=paths)
 
 # meta per family, built by hand, so the cases below do not depend on the generator
 METAS = {
@@ -22,6 +23,17 @@ METAS = {
     "words": {"topic": "the sea", "n": 4, "allowed": ["wave", "salt", "blue", "deep", "fish", "sand"]},
     "json": {"key": "name", "value": "cat"},
     "upper": {"text": "abcd", "answer": "ABCD"},
+    # best 27 (c c c b c c b b), worst 0; rows a..d, 8 columns
+    "path": {
+        "grid": [
+            [0, 1, 2, 0, 0, 1, 2, 0],
+            [1, 0, 0, 9, 0, 0, 1, 2],
+            [2, 2, 1, 0, 1, 9, 0, 1],
+            [0, 0, 0, 2, 2, 0, 0, 0],
+        ],
+        "best": 27,
+        "worst": 0,
+    },
 }
 
 # independently phrased correct answers (none taken verbatim from the templates)
@@ -45,6 +57,13 @@ GOOD = {
     ],
     "json": ['{"name": "c a t"}', 'Output: {"name":"c a t"}', '```json\n{ "name" : "cat" }\n```'],
     "upper": ["A B C D", "In capitals it is A B C D.", "Sure thing: A B C D"],
+    # any well-formed legal path verifies (its grade is tested in test_graded_task.py)
+    "path": [
+        "c c c b c c b b",
+        "Going with a a a a a a a a then.",
+        "My route: d c b a b c d d",
+        "b  b c d d c b a",
+    ],
 }
 
 # near-misses: one digit off, missing/extra char, wrong count, N+-1 words, wrong key, wrong case ...
@@ -65,6 +84,15 @@ BAD = {
         '["name", "c a t"]',
     ],
     "upper": ["a b c d", "A B C", "A B C D E", "A B C E", "ABCD", "D C B A"],
+    "path": [
+        "c c c b c c b",  # 7 columns
+        "c c c b c c b b b",  # 9
+        "a c c b c c b b",  # a -> c jumps two rows
+        "c c c b c c b e",  # no row e
+        "C C C B C C B B",
+        "cccbccbb",
+        "",
+    ],
 }
 
 GARBAGE = [
@@ -90,9 +118,11 @@ GARBAGE = [
 
 
 def test_registry_has_required_families() -> None:
-    assert set(FAMILIES) >= EXPECTED_FAMILIES
+    assert set(FAMILIES) >= EXPECTED_FAMILIES | OPT_IN
     for name, fam in FAMILIES.items():
         assert fam.name == name
+    # data=toy's families and their round-robin order: changing either changes every split
+    assert DEFAULT_FAMILIES == ("add", "sort", "reverse", "count", "words", "json", "upper")
 
 
 @pytest.fixture(scope="module")
@@ -100,21 +130,30 @@ def splits() -> dict[str, list[Example]]:
     return make_splits(0, SMALL)
 
 
+@pytest.fixture(scope="module")
+def all_splits() -> dict[str, list[Example]]:
+    """Every family, the opt-in ones included, for the per-family properties."""
+    return make_splits(0, SMALL, list(FAMILIES))
+
+
 def test_split_sizes_and_interleaving(splits: dict[str, list[Example]]) -> None:
     assert {k: len(v) for k, v in splits.items()} == SMALL
     counts = {f: sum(e.family == f for e in splits["sft"]) for f in FAMILIES}
+    assert {f for f, n in counts.items() if n} == EXPECTED_FAMILIES  # opt-in families only when named
+    counts = {f: counts[f] for f in DEFAULT_FAMILIES}
     assert max(counts.values()) - min(counts.values()) <= 1  # uniform round robin
-    assert set(counts) == EXPECTED_FAMILIES | set(FAMILIES)
+    assert [e.family for e in splits["sft"][:7]] == list(DEFAULT_FAMILIES)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_all_demonstrations_verify(splits: dict[str, list[Example]], family: str) -> None:
-    rows = [e for v in splits.values() for e in v if e.family == family]
+def test_all_demonstrations_verify(all_splits: dict[str, list[Example]], family: str) -> None:
+    rows = [e for v in all_splits.values() for e in v if e.family == family]
     assert len(rows) > 50
+    words = 60 if family == "path" else 25  # a path prompt writes its 4 x 8 grid
     for e in rows:
         assert FAMILIES[family].verify(e.meta, e.response), (e.prompt, e.response)
         json.dumps(e.meta)  # JSON-serialisable
-        assert len(e.prompt.split()) <= 25 and len(e.response) <= 60
+        assert len(e.prompt.split()) <= words and len(e.response) <= 60
 
 
 def _frame(e: Example) -> str:
@@ -125,8 +164,8 @@ def _frame(e: Example) -> str:
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_varied_phrasings(splits: dict[str, list[Example]], family: str) -> None:
-    rows = [e for e in splits["sft"] if e.family == family]
+def test_varied_phrasings(all_splits: dict[str, list[Example]], family: str) -> None:
+    rows = [e for e in all_splits["sft"] if e.family == family]
     assert len({" ".join(e.prompt.split()[:2]) for e in rows}) >= 3  # >= 3 prompt templates in use
     assert len({_frame(e) for e in rows}) >= 3  # >= 3 response phrasings in use
 

@@ -2,7 +2,8 @@
 
 Every task returns splits `sft` (with demonstrations), `rl`, `val` and `eval` as lists of rows
 `{"family", "prompt", "response", "meta"}`; `score(rows, texts)` returns per-sample metrics
-(`success` for verifiable tasks, `true_return` for known_reward, nothing for plain chat data).
+(`success` for verifiable tasks, graded in [0, 1] on `data=paths`; `true_return` for known_reward,
+nothing for plain chat data).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from densepath.data.task import Task
-from densepath.data.toy import FAMILIES, make_splits
+from densepath.data.toy import DEFAULT_FAMILIES, FAMILIES, make_splits
 from densepath.models.tokenizer import symbol_tokenizer, train_bpe_tokenizer
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ def _cache_dir(cache_dir: str | None) -> Path:
 
 @dataclass
 class ToyTask(Task):
-    """`data=toy`: the built-in verifiable instruction families."""
+    """`data=toy`: the built-in verifiable instruction families (`families` None: the default seven;
+    `data=paths`: the graded `path` family alone)."""
 
     name, headline, higher_is_better, verifiable, recovery_probe = "toy", "success", True, True, "corruption"
     seed: int = 0
@@ -54,14 +56,30 @@ class ToyTask(Task):
 
     def corpus(self) -> list[str]:
         rows = [r for split in self.splits().values() for r in split]
-        return [r["prompt"] for r in rows] + [r["response"] for r in rows]
+        extra = [t for f in (self.families or DEFAULT_FAMILIES) for t in FAMILIES[f].tokenizer_texts]
+        return [r["prompt"] for r in rows] + [r["response"] for r in rows] + extra
 
     def build_tokenizer(self):
         return train_bpe_tokenizer(self.corpus(), self.vocab_size, _cache_dir(self.cache_dir) / "tokenizers")
 
+    @property
+    def graded(self) -> bool:
+        """A graded family (`path`) is among the task's: `success` is then a score in [0, 1]."""
+        return any(FAMILIES[f].graded for f in (self.families or DEFAULT_FAMILIES))
+
     def score(self, rows: list[dict], texts: list[str]) -> dict[str, np.ndarray]:
-        ok = [bool(FAMILIES[r["family"]].verify(r["meta"], t)) for r, t in zip(rows, texts)]
-        return {"success": np.asarray(ok, dtype=np.float64)}
+        """`success`: each family's grade (0/1 on the binary families). With a graded family also
+        `optimal` (grade 1) and `valid` (well formed and legal, whatever its grade)."""
+        fams = [FAMILIES[r["family"]] for r in rows]
+        grade = np.asarray([f.grade(r["meta"], t) for f, r, t in zip(fams, rows, texts)], dtype=np.float64)
+        if not self.graded:
+            return {"success": grade}
+        valid = [bool(f.verify(r["meta"], t)) for f, r, t in zip(fams, rows, texts)]
+        return {
+            "success": grade,
+            "optimal": (grade == 1.0).astype(np.float64),
+            "valid": np.asarray(valid, dtype=np.float64),
+        }
 
     def corrupt(self, row: dict, response: str, rng: random.Random) -> tuple[str, int]:
         return FAMILIES[row["family"]].corrupt(row["meta"], response, rng)

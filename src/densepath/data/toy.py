@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 import random
 
-from densepath.data.toy_families import FAMILIES, Example, TaskFamily
+from densepath.data.toy_families import DEFAULT_FAMILIES, FAMILIES, Example, TaskFamily
 
-__all__ = ["FAMILIES", "Example", "TaskFamily", "make_splits"]
+__all__ = ["DEFAULT_FAMILIES", "FAMILIES", "Example", "TaskFamily", "make_splits"]
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ def make_splits(
 ) -> dict[str, list[Example]]:
     """Deterministic splits with pairwise-disjoint prompt strings, families interleaved round-robin.
 
-    Disjoint prompts mean no eval/val/rl prompt was ever trained on by SFT."""
-    names = list(families) if families else list(FAMILIES)
+    Disjoint prompts mean no eval/val/rl prompt was ever trained on by SFT. `families` None (or empty)
+    means `DEFAULT_FAMILIES`; opt-in families (`path`) are drawn only when named."""
+    names = list(families) if families else list(DEFAULT_FAMILIES)
     unknown = [n for n in names if n not in FAMILIES]
     if unknown or not names:
         raise ValueError(f"make_splits: unknown families {unknown or names}; choose from {sorted(FAMILIES)}")

@@ -2,7 +2,8 @@
 
 Metric keys (flat, documented in the README):
   `<split>/<mode>/<metric>`            overall, mode in {greedy, sampled}; metric e.g. success, true_return
-  `<split>/<mode>/<metric>_lo|_hi`     Wilson 95% interval (success) or mean +- 1.96 SE (other metrics)
+  `<split>/<mode>/<metric>_lo|_hi`     Wilson 95% interval (0/1 metrics: success on binary tasks, malformed,
+                                       optimal, valid) or mean +- 1.96 SE (others, graded success included)
   `<split>/<mode>/<family>/<metric>`   per family (verifiable tasks)
   `<split>/<mode>/length`              mean response length in tokens (EOS included)
   `<split>/<metric>`                   the headline: sampled at T=1 (e.g. `eval/success`)
@@ -20,6 +21,7 @@ import numpy as np
 from densepath.data.formatting import answer_text, encode_prompt
 
 log = logging.getLogger(__name__)
+_PROPORTIONS = ("success", "malformed", "optimal", "valid")  # 0/1 per answer, except graded success
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -89,7 +91,8 @@ def score_answers(
     if extra is not None:
         scores.update(extra(batch))
     for name, vals in scores.items():
-        mean, lo, hi = _summ(np.asarray(vals, dtype=np.float64), name in ("success", "malformed"))
+        vals = np.asarray(vals, dtype=np.float64)
+        mean, lo, hi = _summ(vals, name in _PROPORTIONS and bool(np.isin(vals, (0.0, 1.0)).all()))
         metrics[f"{prefix}/{name}"] = mean
         if name not in ("length", "cost"):
             metrics[f"{prefix}/{name}_lo"], metrics[f"{prefix}/{name}_hi"] = lo, hi

@@ -122,7 +122,7 @@ def separation_report(reward, task, tokenizer, rows, enc, texts, device) -> dict
     r, m = score_encoded(reward, enc, tokenizer.pad_token_id, device)
     seq = (r * m).sum(-1).numpy()
     out = {"samples/success": float(succ.mean()), "samples/reward": float(seq.mean())}
-    if 0 < succ.sum() < len(succ):
+    if (succ == 1).any() and (succ == 0).any():  # graded success: full marks vs none only
         # "positives" score lower: wrong answers are the positives here
         out["samples/correct_vs_wrong_auroc"] = probes.auroc(seq[succ == 1], seq[succ == 0])
     return out
