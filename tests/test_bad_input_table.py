@@ -641,8 +641,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(sft_run: Path, tmp_path: 
     real = sft_mod.sft_loss
     calls = {"train": 0}
 
-    def nan_after_three(model, batch):
-        loss, n = real(model, batch)
+    def nan_after_three(model, batch, loss_name="nll"):
+        loss, n = real(model, batch, loss_name)
         if model.training:
             calls["train"] += 1
             if calls["train"] > 3:

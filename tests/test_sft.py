@@ -41,6 +41,42 @@ def test_sft_loss_equals_manual_masked_cross_entropy():
     assert loss.item() == pytest.approx(tot / cnt, abs=1e-10)
 
 
+def _dft_reference(model, items) -> torch.Tensor:
+    """DFT by hand: each sequence alone, float64 log-softmax, -sum sg(p) log p over response tokens / n."""
+    tot, cnt = torch.zeros((), dtype=torch.float64), 0
+    for it in items:
+        ids = torch.tensor([it.prompt_ids + it.response_ids])
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+        P = len(it.prompt_ids)
+        for t, tok in enumerate(it.response_ids):
+            lp = logp[P + t - 1, tok]
+            tot = tot - lp.detach().exp() * lp
+            cnt += 1
+    return tot / cnt
+
+
+def test_dft_loss_and_gradient_equal_a_direct_loop_reference():
+    items = [
+        Encoded([1, 4, 5], [7, 8, 2]),
+        Encoded([1, 6], [9, 2]),
+        Encoded([1, 4, 4, 5, 6], [10, 11, 12, 2]),
+    ]
+    batch = Collator(pad_id=0)(items)
+    model = _model().double()
+    loss, n_tok = sft_loss(model, batch, "dft")
+    ref = _dft_reference(model, items)
+    assert n_tok.item() == 9
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-10)
+    (g,) = torch.autograd.grad(loss, [model.lm_head.weight])
+    (g_ref,) = torch.autograd.grad(ref, [model.lm_head.weight])
+    torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-12)
+    # DFT weights every NLL term by p <= 1: strictly below the NLL, and not a rescaled NLL
+    nll, _ = sft_loss(model, batch, "nll")
+    assert 0 < loss.item() < nll.item()
+    with pytest.raises(ValueError, match="sft.loss='focal'.*nll.*dft"):
+        sft_loss(model, batch, "focal")
+
+
 def test_prompt_tokens_carry_no_loss():
     model = _model()
     a = Collator(0)([Encoded([1, 4, 5], [7, 8, 2])])

@@ -2,6 +2,10 @@
 
 Read as inverse soft-Q learning (method.md section 2), this maximises sum_t log pi(y_t | x, y_<t)
 over demonstrations, so the trained logits are a soft Q-function with an implicit dense reward.
+
+`loss="dft"` is Dynamic Fine-Tuning (Wu et al. 2025, "On the Generalization of SFT"): each token's
+NLL is weighted by its own probability, detached, -sum_t sg(pi(y_t)) log pi(y_t) / n_tokens. Its
+gradient is the SFT gradient with every token reweighted by how likely the policy already finds it.
 """
 
 from __future__ import annotations
@@ -33,16 +37,24 @@ def sum_counters_over_ranks(module: L.LightningModule, names: tuple[str, ...]) -
     torch.distributed.barrier()
 
 
-def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean negative log-likelihood per response token (prompt tokens and padding carry no loss).
+LOSSES = ("nll", "dft")
+
+
+def sft_loss(model, batch: dict[str, torch.Tensor], loss: str = "nll") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean negative log-likelihood per response token (prompt tokens and padding carry no loss);
+    `loss="dft"` weights each token's term by its detached probability (module docstring).
 
     Returns (loss, number of trained tokens).
     """
+    if loss not in LOSSES:
+        raise ValueError(f"sft.loss={loss!r} is not a known SFT loss; use one of {list(LOSSES)}")
     out = response_logprobs(
         model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"]
     )
     mask = batch["response_mask"].to(out.logp.dtype)  # (B, T)
-    n_tok = mask.sum()
+    if loss == "dft":
+        mask = mask * out.logp.detach().exp()
+    n_tok = batch["response_mask"].sum().to(out.logp.dtype)
     return -(out.logp * mask).sum() / n_tok.clamp(min=1), n_tok
 
 
@@ -67,15 +79,18 @@ class SFTModule(L.LightningModule):
         max_steps: int = 700,
         constant_lr: bool = False,
         max_bad_steps: int = 5,
+        loss: str = "nll",
     ):
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"sft.loss={loss!r} is not a known SFT loss; use one of {list(LOSSES)}")
         self.model = model
         self.save_hyperparameters(ignore=["model"])
         self.trained_tokens = 0
         self.bad_steps = 0
 
     def training_step(self, batch, batch_idx):
-        loss, n_tok = sft_loss(self.model, batch)
+        loss, n_tok = sft_loss(self.model, batch, self.hparams.loss)
         if not torch.isfinite(loss):
             self._bad_step("loss")
             return None  # Lightning skips the optimiser step

@@ -26,7 +26,8 @@ class ValEvalCallback(L.Callback):
     def __init__(
         self, evaluate_fn, every_n_steps: int, save_dir: Path, tokenizer, metric: str, model_attr: str
     ):
-        self.evaluate_fn = evaluate_fn  # model -> float (the val headline, higher is better)
+        self.evaluate_fn = evaluate_fn  # model -> float (the val headline, signed so that higher is better)
+        self.sign = float(getattr(evaluate_fn, "sign", 1.0))  # signed value * sign = the metric itself
         self.every = max(1, int(every_n_steps))
         self.save_dir = Path(save_dir)
         self.tokenizer = tokenizer
@@ -42,16 +43,22 @@ class ValEvalCallback(L.Callback):
             return
         model = getattr(pl_module, self.model_attr)
         value = float(self.evaluate_fn(model))
-        self.history.append((step, value))
+        shown = value * self.sign  # the metric as it is (an NLL stays positive)
+        self.history.append((step, shown))
         if in_module_log:  # Lightning forbids self.log in on_train_end; the logger call below suffices
-            pl_module.log(f"val/{self.metric}", value, prog_bar=True, rank_zero_only=True)
+            pl_module.log(f"val/{self.metric}", shown, prog_bar=True, rank_zero_only=True)
         if trainer.logger:
-            trainer.logger.log_metrics({f"val/{self.metric}": value}, step=step)
+            trainer.logger.log_metrics({f"val/{self.metric}": shown}, step=step)
         if value > self.best:
             self.best, self.best_step = value, step
             if trainer.is_global_zero:
                 save_policy(model, self.tokenizer, self.save_dir / "best")
-                log.info("new best val %s = %.4f at step %d", self.metric, value, step)
+                log.info("new best val %s = %.4f at step %d", self.metric, shown, step)
+
+    @property
+    def best_value(self) -> float:
+        """The best checkpoint's val metric as it is (not sign-flipped)."""
+        return self.best * self.sign
 
     def on_train_start(self, trainer, pl_module):
         if trainer.global_step == 0:  # step 0: the starting policy competes too (not again on resume)
@@ -82,6 +89,7 @@ class ValHeadline:
     def __init__(self, task, tokenizer, sampler, rows, autocast_kind: str | None):
         self.task, self.tokenizer, self.sampler, self.rows = task, tokenizer, sampler, rows
         self.autocast = autocast_kind
+        self.sign = 1.0 if task.higher_is_better else -1.0
 
     def __call__(self, model) -> float:
         was = model.training
@@ -89,7 +97,7 @@ class ValHeadline:
         amp = (
             torch.autocast(self.autocast, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
         )
-        sign = 1.0 if self.task.higher_is_better else -1.0
+        sign = self.sign
         try:
             with amp:
                 if not self.task.verifiable:

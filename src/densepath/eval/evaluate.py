@@ -112,16 +112,29 @@ def score_answers(
 def format_table(
     metrics: dict[str, float], split: str, headline: str, families: list[str], title: str = ""
 ) -> str:
-    """A markdown table: one row per family plus `all`, greedy and sampled columns."""
-    lines = [f"### {title}"] if title else []
-    lines += [f"| family | greedy {headline} | sampled {headline} (95% CI) |", "|---|---|---|"]
+    """A markdown table: one row per family plus `all`, greedy and sampled columns. A cell that does not
+    apply is left out, never printed as `nan` (on chat data the headline is held-out NLL: neither
+    greedy nor sampled, so it gets its own column with the per-sequence NLL beside it)."""
+    from densepath.eval.report import ci, fmt, markdown_table
+
     get = lambda key: metrics.get(f"{split}/{key}", float("nan"))  # noqa: E731
-    for fam in families:
-        g, s = get(f"greedy/{fam}/{headline}"), get(f"sampled/{fam}/{headline}")
-        lines.append(f"| {fam} | {g:.3f} | {s:.3f} |")
-    g, s = get(f"greedy/{headline}"), get(f"sampled/{headline}")
-    lo, hi = get(f"sampled/{headline}_lo"), get(f"sampled/{headline}_hi")
-    lines.append(
-        f"| **all** (n={int(metrics.get(f'{split}/n', 0))}) | {g:.3f} | {s:.3f} [{lo:.3f}, {hi:.3f}] |"
+    n = int(metrics.get(f"{split}/n", 0))
+    lines = [f"### {title}"] if title else []
+    decoded = f"{split}/greedy/{headline}" in metrics
+    if not decoded:  # held-out likelihood of the demonstrations (no verifier)
+        header = ["split", f"held-out {headline} / token", f"{headline} / sequence", "sampled length", "n"]
+        row = [split, fmt(get(headline)), fmt(get(f"seq_{headline}")), fmt(get("sampled/length")), str(n)]
+        return "\n".join(lines + markdown_table(header, [row]))
+    header = ["family", f"greedy {headline}", f"sampled {headline} (95% CI)"]
+    body = [
+        [fam, fmt(get(f"greedy/{fam}/{headline}")), fmt(get(f"sampled/{fam}/{headline}"))] for fam in families
+    ]
+    body.append(
+        [
+            f"**all** (n={n})",
+            fmt(get(f"greedy/{headline}")),
+            fmt(get(f"sampled/{headline}"))
+            + ci(get(f"sampled/{headline}_lo"), get(f"sampled/{headline}_hi")),
+        ]
     )
-    return "\n".join(lines)
+    return "\n".join(lines + markdown_table(header, body))

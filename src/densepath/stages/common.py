@@ -99,3 +99,44 @@ def evaluate_and_report(ctx, model, *, title: str, splits=("val", "eval"), extra
     table = format_table(metrics, "eval", task.headline, families if len(families) > 1 else [], title=title)
     print("\n" + table + "\n", flush=True)
     return metrics
+
+
+REPORT_CHOICES = ("auto", "best", "last")
+
+
+def reported_checkpoint(ctx, node) -> str:
+    """Which checkpoint a trained stage reports as its policy (`<node>.report`): `best` (the best-`val`
+    checkpoint), `last` (the fixed budget in the config) or `auto`: best-`val` on tasks with a verifier,
+    last on the others. On chat data the `val` headline is NLL, whose best checkpoint is the one closest
+    to SFT: selecting on it would make any RL stage equal SFT by construction."""
+    choice = str(node.get("report", "auto"))
+    if choice not in REPORT_CHOICES:
+        raise ValueError(
+            f"{node._key() if hasattr(node, '_key') else 'report'}: report={choice!r}; use one of {list(REPORT_CHOICES)}"
+        )
+    if choice == "auto":
+        return "best" if ctx.task.verifiable else "last"
+    return choice
+
+
+def report_best_and_last(ctx, name: str, node, sel, models: dict, extra_for, last_step: int):
+    """Evaluate the reported checkpoint on `val` and `eval` (`eval/...`) and the other one on `eval`
+    (`eval_best/...` or `eval_last/...`). `models` maps best/last to policies, `extra_for(model)` gives the
+    per-sample extra. Returns (the reported checkpoint's name, metrics)."""
+    primary = reported_checkpoint(ctx, node)
+    titles = {
+        "best": f"{name}: best-val checkpoint (step {sel.best_step}) on `eval`",
+        "last": f"{name}: last checkpoint (step {last_step}, the configured budget) on `eval`",
+    }
+    more = evaluate_and_report(ctx, models[primary], title=titles[primary], extra=extra_for(models[primary]))
+    other = "last" if primary == "best" else "best"
+    m = evaluate_and_report(
+        ctx,
+        models[other],
+        title=titles[other] + " (secondary)",
+        splits=("eval",),
+        extra=extra_for(models[other]),
+    )
+    more.update({k.replace("eval/", f"eval_{other}/", 1): v for k, v in m.items() if k.startswith("eval/")})
+    more["report/last_checkpoint"] = float(primary == "last")
+    return primary, more

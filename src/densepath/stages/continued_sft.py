@@ -1,11 +1,12 @@
-"""Compute-matched control: SFT continued from pi_SFT, on `fresh` demonstrations (new ones from the
+"""Compute-matched controls: SFT continued from pi_SFT, on `fresh` demonstrations (new ones from the
 task: more information) or on `seen` ones (only demonstrations the SFT run actually consumed: more
 compute, no new information); `continued_sft.demos` chooses, the manifest records it.
 
 Same number of optimiser steps as the DPR run it is compared with (read from that run; else
 `continued_sft.steps`, which interpolates `dpr.steps`), about the same number of trained tokens (the
 batch size is chosen to match at run time), at SFT's final learning rate (constant) unless
-`continued_sft.module.lr` is set.
+`continued_sft.module.lr` is set. The same stage, named `dft` (node `dft`), is the DFT control: the
+continuation on `seen` demonstrations with the DFT loss (`module.loss: dft`, algos/sft.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from densepath.models.device import device_for
 from densepath.models.factory import prepare_policy
 from densepath.models.io import load_policy, save_policy
 from densepath.stages.base import FitSetup, TrainingStage, compute
-from densepath.stages.common import build_sampler, evaluate_and_report
+from densepath.stages.common import build_sampler, report_best_and_last
 from densepath.stages.rl import load_reward, selection_callback
 
 log = logging.getLogger(__name__)
@@ -115,24 +116,31 @@ class ContinuedSFTStage(TrainingStage):
             "train/batch_size": float(self.batch_size),
             "train/lr": self.lr,
             "train/matched_tokens_target": float(self.target_tokens),
-            "val/best": sel.best,
+            "val/best": sel.best_value,
             "val/best_step": float(sel.best_step),
         }
         best_model = load_policy(stage_dir / "best")[0]
         try:
-            extra = RewardExtra(load_reward(ctx, device_for(ctx.cfg.trainer)), best_model)
+            reward = load_reward(ctx, device_for(ctx.cfg.trainer))
         except (FileNotFoundError, ValueError) as e:
             log.warning("no reward model for the report (%s)", e)
-            extra = None
-        more.update(
-            evaluate_and_report(
-                ctx, best_model, title="continued SFT: best-val checkpoint on `eval`", extra=extra
-            )
+            reward = None
+        self.policy_dir, m = report_best_and_last(
+            ctx,
+            self.name,
+            ctx.cfg[self.name],
+            sel,
+            {"best": best_model, "last": fs.module.model},
+            lambda model: RewardExtra(reward, model) if reward is not None else None,
+            int(metrics["train/steps"]),
         )
+        more.update(m)
         manifest = {
             "policy": str(stage_dir / self.policy_dir),
             "checkpoints": {"best": {"path": str(stage_dir / "best"), "step": sel.best_step}, "last": last},
             "parent_sft": str(ctx.artefact_dir("sft")),
+            "reported_checkpoint": self.policy_dir,
+            "loss": ctx.cfg[self.name].module.get("loss", "nll"),
             "matched_to_dpr": self.matched is not None,
             "demos": ctx.cfg[self.name].demos,
             **(

@@ -19,7 +19,7 @@ from densepath.models.factory import prepare_policy
 from densepath.models.io import load_policy, save_policy
 from densepath.rewards.builder import build_reward
 from densepath.stages.base import FitSetup, TrainingStage, compute
-from densepath.stages.common import build_sampler, evaluate_and_report
+from densepath.stages.common import build_sampler, report_best_and_last
 
 
 def load_reward(ctx, device):
@@ -72,34 +72,26 @@ class RLStage(TrainingStage):
     def report(self, ctx, fs: FitSetup, metrics: dict):
         stage_dir, sel = ctx.stage_dir(self.name), self.selection
         last = save_policy(fs.module.policy, ctx.tokenizer, stage_dir / "last")
-        more = {"val/best": sel.best, "val/best_step": float(sel.best_step)}
+        more = {"val/best": sel.best_value, "val/best_step": float(sel.best_step)}
         for k, v in fs.trainer.callback_metrics.items():
             if k.startswith("train/"):
                 more[f"{k}_last"] = float(v)
-        # final report: the best-val checkpoint on eval, the last one for reference
+        # final report: the reported checkpoint (best-val, or the last one on chat data) on eval, the other beside it
         best_model = load_policy(stage_dir / "best")[0].to(self.device)
-        more.update(
-            evaluate_and_report(
-                ctx,
-                best_model,
-                title=f"{self.name}: best-val checkpoint (step {sel.best_step}) on `eval`",
-                extra=RewardExtra(self.reward, best_model),
-            )
-        )
-        policy = fs.module.policy.to(self.device)
-        last_m = evaluate_and_report(
+        self.policy_dir, m = report_best_and_last(
             ctx,
-            policy,
-            title=f"{self.name}: last checkpoint on `eval`",
-            splits=("eval",),
-            extra=RewardExtra(self.reward, policy),
+            self.name,
+            ctx.cfg[self.name],
+            sel,
+            {"best": best_model, "last": fs.module.policy.to(self.device)},
+            lambda model: RewardExtra(self.reward, model),
+            int(metrics["train/steps"]),
         )
-        more.update(
-            {k.replace("eval/", "eval_last/", 1): v for k, v in last_m.items() if k.startswith("eval/")}
-        )
+        more.update(m)
         manifest = {
             "policy": str(stage_dir / self.policy_dir),
             "checkpoints": {"best": {"path": str(stage_dir / "best"), "step": sel.best_step}, "last": last},
+            "reported_checkpoint": self.policy_dir,
             "reward": self.reward.describe(),
             "baseline": self.reward.baseline_name,
             "parent_sft": str(ctx.artefact_dir("sft")),

@@ -48,10 +48,16 @@ class SFTStage(TrainingStage):
     artifact_subdir = "policy"
 
     half: list[int] | None = None  # set on the half-data SFT: the indices of its half of the `sft` split
+    lr_factor_node: str | None = None  # a node whose `lr_factor` scales sft.module.lr (the low-LR control)
+
+    @property
+    def primary(self) -> bool:
+        """The main SFT run (snapshots, recovery callback); not the half-data or low-LR controls."""
+        return self.half is None and self.lr_factor_node is None
 
     def run(self, ctx) -> dict[str, float]:
         node = ctx.cfg.sft
-        if node.get("half_data") and self.half is None and not ctx.stage_finished(f"{self.name}_half_data"):
+        if node.get("half_data") and self.primary and not ctx.stage_finished(f"{self.name}_half_data"):
             # the paper's pi_base: SFT on a random half of the demonstrations, same passes and schedule
             # shape (half the optimiser steps), before the main run so its recovery report can use it
             n = len(ctx.task.splits()["sft"])
@@ -84,16 +90,21 @@ class SFTStage(TrainingStage):
         self.snapshots = SnapshotCallback(
             sft_dir / "snapshots", list(scfg.snapshot_fractions), scfg.steps, scfg.batch_size, tok
         )
-        callbacks = [self.snapshots] if self.half is None else []
+        callbacks = [self.snapshots] if self.primary else []
         self.recovery = None
-        if self.half is None and cfg.callbacks.get("reward_recovery", {}).get("enabled", False):
+        if self.primary and cfg.callbacks.get("reward_recovery", {}).get("enabled", False):
             self.recovery = recovery_callback(ctx, sft_dir)
             callbacks.append(self.recovery)
         steps, warmup = scfg.steps, scfg.module.warmup_steps
         if self.half is not None:  # the same schedule shape over half the steps
             steps, warmup = max(1, round(steps / 2)), round(warmup / 2)
+        lr = float(scfg.module.lr) * (
+            float(cfg[self.lr_factor_node].lr_factor) if self.lr_factor_node else 1.0
+        )
         return FitSetup(
-            module=instantiate(scfg.module, _partial_=True)(model, max_steps=steps, warmup_steps=warmup),
+            module=instantiate(scfg.module, _partial_=True)(
+                model, max_steps=steps, warmup_steps=warmup, lr=lr
+            ),
             max_steps=steps,
             data={"datamodule": DemoDataModule(train, val, tok.pad_token_id, scfg.batch_size, cfg.seed)},
             callbacks=callbacks,
@@ -148,4 +159,30 @@ class HalfDataSFTStage(SFTStage):
             "checkpoints": {"policy": policy},
             "demo_indices": self.half,
             "steps": int(metrics["train/steps"]),
+        }
+
+
+class LowLRSFTStage(SFTStage):
+    """`sft_lowlr`: SFT from the same start as `sft` (model, data, steps, schedule shape) at
+    `sft.module.lr * sft_lowlr.lr_factor`, the low-learning-rate control of "Implicit Reward as the
+    Bridge". No snapshots, half-data run or recovery callback; its policy is evaluated like SFT's."""
+
+    lr_factor_node = "sft_lowlr"
+
+    def report(self, ctx, fs: FitSetup, metrics: dict):
+        stage_dir = ctx.stage_dir(self.name)
+        policy = save_policy(fs.module.model, ctx.tokenizer, stage_dir / "policy")
+        more = {"train/final_lr": fs.module.final_lr(), "train/lr": float(fs.module.hparams.lr)}
+        more.update(
+            evaluate_and_report(ctx, fs.module.model, title=f"{self.name}: low-LR SFT policy on `eval`")
+        )
+        return more, {
+            "policy": policy["path"],
+            "checkpoints": {"policy": policy},
+            "lr": float(fs.module.hparams.lr),
+            "lr_factor": float(ctx.cfg[self.lr_factor_node].lr_factor),
+            "compute": {
+                "optimiser_steps": int(metrics["train/steps"]),
+                "trained_tokens": int(fs.module.trained_tokens),
+            },
         }
