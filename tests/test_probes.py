@@ -192,7 +192,10 @@ def _rows():
 
 
 def _spans(page):
-    return re.findall(r'<span class="tok" style="([^"]*)" title="([^"]*)">([^<]*)</span>', page)
+    # a token's text may hold whitespace glyphs (<i class="ws">·</i>) since spaces are made visible
+    return re.findall(
+        r'<span class="tok" style="([^"]*)" title="([^"]*)">((?:[^<]|<i class="ws">[^<]*</i>)*)</span>', page
+    )
 
 
 def _rgb(style):

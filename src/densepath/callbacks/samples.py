@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 
-from densepath.eval.heatmap import write_heatmap
+from densepath.eval.heatmap import token_strings, write_heatmap
 
 
 class SampleTableCallback(L.Callback):
@@ -28,10 +28,12 @@ class SampleTableCallback(L.Callback):
             truth = {k: v[i] for k, v in s["truth"].items()}
             r, a = s["rewards"][i, :L_], s["advantages"][i, :L_]
             table.append([s["step"], prompt, text, str(truth), float(r.sum())])
-            toks = self.tok.convert_ids_to_tokens(ids)
-            label = f"reward sum {float(r.sum()):.2f} {truth}"
+            toks = token_strings(self.tok, ids)  # readable text, not byte-level BPE pieces (Ġ, Ċ)
+            label = f"reward sum {float(r.sum()):.2f}" + (
+                f" {truth}" if truth else ""
+            )  # no verifier: no "{}"
             heat.append({"prompt": prompt, "tokens": toks, "rewards": r.tolist(), "label": label})
-            heat.append({**heat[-1], "prompt": "(advantage)", "rewards": a.tolist(), "label": "advantages"})
+            heat.append({**heat[-1], "prompt": "", "rewards": a.tolist(), "label": "advantages"})
         title = f"RL samples at step {s['step']}: reward / advantage per token"
         path = write_heatmap(self.out_dir / f"step_{s['step']:05d}.html", heat, title=title)
         if self.tracking is not None:

@@ -21,7 +21,9 @@ class Task(Protocol):
     headline: str  # the metric reports lead with: "success", "true_return", "nll", ...
     higher_is_better: bool  # direction of the headline (checkpoint selection, the Optuna objective)
     verifiable: bool  # `score` judges answers; False: evaluation falls back to held-out NLL
-    recovery_probe: str  # the reward-recovery report that fits: "corruption" | "fidelity" | "demos"
+    # the reward-recovery report that fits: "corruption" | "fidelity" | "corruption_tokens" (chat data:
+    # one token of a held-out demonstration replaced in token ids, no verifier needed) | "demos"
+    recovery_probe: str
     max_answer_tokens: int | None = None  # a horizon no answer may exceed (EOS included); None: no limit
     max_prompt_len: int
     max_response_len: int

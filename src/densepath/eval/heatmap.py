@@ -6,6 +6,10 @@ corrupted one). No JS and no network references, so the page opens anywhere.
 Colours diverge red (negative) -> white (0) -> blue (positive), normalised by a robust max |r|
 over the page (95th percentile of finite |r|); values beyond it saturate. Hovering a token shows
 ``{token!r}: {reward:.3f}``.
+
+Tokens are shown as the text they stand for (``token_strings``: no byte-level ``Ġ``/``Ċ`` or
+SentencePiece ``▁`` markers), with whitespace made visible (a faint ``·`` per space, ``⏎`` per newline,
+``⇥`` per tab). Each row's prompt is collapsed in a ``<details>`` element, its first line as summary.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ ROBUST_PERCENTILE: float = 95.0
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; }
 .row { font-family: monospace; margin: 0.35em 0; line-height: 1.9; }
-.prompt { color: #888; white-space: pre-wrap; margin-right: 0.6em; }
+details.prompt { color: #888; font-size: 0.9em; }
+details.prompt summary { cursor: pointer; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+details.prompt .ptext { white-space: pre-wrap; margin: 0.2em 0 0.3em 1.2em; }
 .tok { white-space: pre; padding: 0 1px; border-radius: 2px; }
+.ws { opacity: 0.35; font-style: normal; }
 .label { color: #444; margin-left: 0.8em; font-style: italic; }
 .legend span { display: inline-block; padding: 2px 8px; font-family: monospace; }
 """
@@ -62,9 +69,56 @@ def _style(reward: float, scale: float) -> str:
     return f"background-color: rgb({r}, {g}, {b}); color: {text}"
 
 
+_WS_GLYPHS = {" ": "·", "\n": "⏎", "\t": "⇥", "\r": "␍"}
+_BPE_MARKERS = str.maketrans({"Ġ": " ", "Ċ": "\n", "ĉ": "\t", "▁": " "})  # byte-level BPE / SentencePiece
+SUMMARY_CHARS = 100
+
+
+def token_strings(tokenizer, ids, context: int = 4) -> list[str]:
+    """The text each token id stands for, in order (special tokens as their literal strings).
+
+    Why not ``decode([id])``: SentencePiece-style decoders drop the leading space of the first token
+    of a decode call, and a byte-level token can be half a UTF-8 character. So token i is the text
+    that decoding it after its ``context`` predecessors adds (one batched decode call per row). A
+    token that is only part of a character shows as the replacement character U+FFFD, which the
+    next token completes; an empty result (a lone leading ``▁``) falls back to the raw token with
+    its BPE marker read as whitespace.
+    """
+    ids = [int(i) for i in ids]
+    windows = [
+        w for i in range(len(ids)) for w in (ids[max(0, i - context) : i], ids[max(0, i - context) : i + 1])
+    ]
+    texts = tokenizer.batch_decode(windows, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    raw = tokenizer.convert_ids_to_tokens(ids)
+    out = []
+    for i in range(len(ids)):
+        before, after = texts[2 * i].rstrip("\ufffd"), texts[2 * i + 1]
+        piece = after[len(before) :] if after.startswith(before) else tokenizer.decode([ids[i]])
+        out.append(piece or str(raw[i]).translate(_BPE_MARKERS))
+    return out
+
+
+def _visible(text: str) -> str:
+    """HTML-escaped text with each whitespace character shown as a faint glyph."""
+    return "".join(
+        f'<i class="ws">{_WS_GLYPHS[c]}</i>' if c in _WS_GLYPHS else html.escape(c, quote=True) for c in text
+    )
+
+
 def _token_span(token: str, reward: float, scale: float) -> str:
     title = html.escape(f"{token!r}: {reward:.3f}", quote=True)
-    return f'<span class="tok" style="{_style(reward, scale)}" title="{title}">{html.escape(token, quote=True)}</span>'
+    return f'<span class="tok" style="{_style(reward, scale)}" title="{title}">{_visible(token)}</span>'
+
+
+def _prompt_block(prompt: str) -> str:
+    """The prompt collapsed under its first line (``<details>``), or nothing when there is none."""
+    if not prompt:
+        return ""
+    first = prompt.strip().splitlines()[0] if prompt.strip() else prompt
+    more = len(first) > SUMMARY_CHARS or first != prompt.strip()
+    summary = html.escape(first[:SUMMARY_CHARS] + ("…" if more else ""), quote=True)
+    text = html.escape(prompt, quote=True)
+    return f'<details class="prompt"><summary>prompt: {summary}</summary><div class="ptext">{text}</div></details>'
 
 
 def _legend(scale: float) -> str:
@@ -76,7 +130,11 @@ def _legend(scale: float) -> str:
 
 
 def token_heatmap_html(rows: list[dict], title: str = "") -> str:
-    """Render rows ``{"prompt", "tokens", "rewards", "label"}`` as a self-contained HTML heatmap."""
+    """Render rows ``{"prompt", "tokens", "rewards", "label"}`` as a self-contained HTML heatmap.
+
+    ``tokens`` are display strings (``token_strings`` makes them from ids); ``prompt`` and ``label``
+    are optional, and an empty or missing one renders nothing.
+    """
     for i, row in enumerate(rows):
         if missing := [k for k in ("tokens", "rewards") if k not in row]:
             raise ValueError(
@@ -91,11 +149,9 @@ def token_heatmap_html(rows: list[dict], title: str = "") -> str:
     body = []
     for row in rows:
         spans = "".join(_token_span(str(t), float(v), scale) for t, v in zip(row["tokens"], row["rewards"]))
-        prompt = html.escape(str(row.get("prompt", "")), quote=True)
-        label = html.escape(str(row.get("label", "")), quote=True)
-        body.append(
-            f'<div class="row"><span class="prompt">{prompt}</span>{spans}<span class="label">{label}</span></div>'
-        )
+        prompt = _prompt_block(str(row.get("prompt") or ""))
+        label = html.escape(str(row.get("label") or ""), quote=True)
+        body.append(f'<div class="row">{prompt}{spans}<span class="label">{label}</span></div>')
     esc_title = html.escape(title, quote=True)
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'

@@ -112,6 +112,63 @@ def corrupted_token_auroc(
     return auroc(neg.cpu().numpy(), pos.cpu().numpy())
 
 
+def _resample_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """(n_boot, n): how often each of n items is drawn in each of n_boot resamples with replacement."""
+    flat = rng.integers(0, n, (n_boot, n)) + n * np.arange(n_boot)[:, None]  # (n_boot, n) offset per resample
+    return np.bincount(flat.ravel(), minlength=n * n_boot).reshape(n_boot, n)
+
+
+def sequence_auroc(
+    scores: np.ndarray, passed: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(AUROC, lo, hi): P(a passing response scores HIGHER than a failing one), ties 1/2, with a 95%
+    stratified percentile bootstrap interval (``n_boot`` resamples of the passing and the failing
+    responses separately, so every resample keeps both classes; seeded, so deterministic).
+
+    Why: does the recovered sequence reward rank responses a verifier passes above those it fails
+    (e.g. IFBench)? 0.5 = no signal. Each resample's AUROC is computed from weighted counts against
+    the sorted failing scores: O(n_boot * n) memory, no n_pass x n_fail matrix.
+    """
+    s = _as_1d_finite(scores, "scores")
+    p = np.asarray(passed).reshape(-1)
+    if p.size != s.size:
+        raise ValueError(
+            f"sequence_auroc: {s.size} scores but {p.size} passed flags; pass one flag per response."
+        )
+    if p.dtype != bool:
+        if not np.isin(p, (0, 1)).all():
+            bad = int(np.flatnonzero(~np.isin(p, (0, 1)))[0])
+            raise ValueError(
+                f"passed[{bad}] = {p[bad].item()!r} is not a pass/fail flag; pass booleans or 0/1 "
+                "(threshold a graded score first, e.g. passed = score == 1)."
+            )
+        p = p.astype(bool)
+    n_boot = int(n_boot)
+    if n_boot < 1:
+        raise ValueError(f"n_boot={n_boot} must be >= 1 (bootstrap resamples for the interval).")
+    pos, neg = s[p], s[~p]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError(
+            f"sequence_auroc needs at least one passing and one failing response, got {pos.size} passing "
+            f"and {neg.size} failing; the AUROC is undefined otherwise."
+        )
+    neg_sorted = np.sort(neg)
+    below = np.searchsorted(neg_sorted, pos, side="left")  # (n_pos,) failing scores strictly lower
+    upto = np.searchsorted(neg_sorted, pos, side="right")  # (n_pos,) ... lower or tied
+    point = float((below + upto).sum() / (2.0 * pos.size * neg.size))  # below + ties / 2
+
+    rng = np.random.default_rng(seed)
+    order = np.argsort(neg, kind="stable")  # resample counts of the failing scores, in sorted order
+    w_neg, w_pos = _resample_counts(rng, neg.size, n_boot), _resample_counts(rng, pos.size, n_boot)
+    cum = np.concatenate(
+        [np.zeros((n_boot, 1)), np.cumsum(w_neg[:, order], axis=1)], axis=1
+    )  # (n_boot, n_neg+1)
+    wins = cum[:, below] + cum[:, upto]  # (n_boot, n_pos): 2 x (lower + ties / 2) weighted failing counts
+    boot = (w_pos * wins).sum(axis=1) / (2.0 * pos.size * neg.size)  # (n_boot,)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
 def _pair(x: np.ndarray, y: np.ndarray, what: str, finite: bool) -> tuple[np.ndarray, np.ndarray]:
     as_1d = _as_1d_finite if finite else lambda v, _: np.asarray(v, dtype=np.float64).reshape(-1)
     a, b = as_1d(x, "x"), as_1d(y, "y")

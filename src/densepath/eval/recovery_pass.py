@@ -2,9 +2,11 @@
 
 The task names its probe (`Task.recovery_probe`): `corruption` (verifiable answers: the paper's
 Figure 1 plus correct-vs-wrong separation of SFT's samples), `fidelity` (a known reward: recovered
-vs true return within reference policies) or `demos` (reward statistics on held-out demonstrations).
-The inputs a probe needs (SFT samples, reference policies) are drawn once and shared by every
-reward scored against them. Used by the `recover` stage and by `RewardRecoveryCallback`.
+vs true return within reference policies), `corruption_tokens` (chat data, no verifier: Figure 1 in
+token ids, one token replaced by a random token or by a draw from a proposal model, plus the
+`demos` statistics) or `demos` (reward statistics on held-out demonstrations only).
+The inputs a probe needs (SFT samples, reference policies, corrupted demonstrations) are drawn once
+and shared by every reward scored against them. Used by the `recover` stage and by `RewardRecoveryCallback`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from densepath.eval.heatmap import write_heatmap
 from densepath.eval.recovery import (
+    build_token_corruptions,
     corruption_report,
     demo_report,
     fidelity_report,
@@ -24,6 +27,7 @@ from densepath.eval.recovery import (
     sample_policy,
     score_encoded,
     separation_report,
+    token_corruption_report,
 )
 from densepath.models.io import sha256_file
 from densepath.rewards.artefact import write_manifest, write_reward_parquet
@@ -40,16 +44,48 @@ def reference_models(task, sft_dir: Path, tokenizer, device) -> dict:
     return {"baseline": load_frozen(path, tokenizer, "baseline").to(device)}
 
 
+def proposal_for(reward) -> tuple[str, object]:
+    """(name, model) the `corruption_tokens` probe samples replacement tokens from: the reward's
+    pi_base when its baseline is one model (a snapshot, the base or the half-data model), else pi_SFT
+    (no baseline, the uniform one, or an ensemble)."""
+    model = getattr(reward.baseline, "model", None)
+    if model is not None:
+        return f"pi_base ({reward.baseline_name})", model
+    return "pi_SFT", reward.sft
+
+
 class ProbeInputs:
-    """What the task's probe needs, drawn once from the SFT model (and reference models)."""
+    """What the task's probe needs, drawn once from the SFT model (and reference models).
+
+    ``proposal`` (name, model): where `corruption_tokens` samples its plausible replacement tokens
+    (`proposal_for(configured reward)`); None: pi_SFT.
+    """
 
     def __init__(
-        self, task, tokenizer, sft_model, sampler, rows, *, seed: int, n_reference: int, others=None
+        self,
+        task,
+        tokenizer,
+        sft_model,
+        sampler,
+        rows,
+        *,
+        seed: int,
+        n_reference: int,
+        others=None,
+        proposal=None,
     ):
+        if task.recovery_probe not in _PROBES:
+            raise ValueError(
+                f"task {task.name!r} names recovery_probe={task.recovery_probe!r}; use one of {sorted(_PROBES)}"
+            )
         self.task, self.tok, self.rows, self.seed = task, tokenizer, rows, seed
         self.samples = None  # (encoded, texts) of SFT's own answers to `rows`
         self.policies = None  # name -> answers, for the fidelity probe
-        if task.recovery_probe == "corruption":
+        self.corruptions = None  # TokenCorruptions, for the corruption_tokens probe
+        if task.recovery_probe == "corruption_tokens":
+            name, model = proposal or ("pi_SFT", sft_model)
+            self.corruptions = build_token_corruptions(task, tokenizer, rows, model, name, seed)
+        elif task.recovery_probe == "corruption":
             self.samples = sample_policy(sft_model, tokenizer, task, rows, sampler)
         elif task.recovery_probe == "fidelity":
             g = torch.Generator().manual_seed(seed)
@@ -79,13 +115,24 @@ def _demos(p: ProbeInputs, reward, device):
     return demo_report(reward, p.task, p.tok, p.rows, device), {}
 
 
-_PROBES = {"corruption": _corruption, "fidelity": _fidelity, "demos": _demos}
+def _corruption_tokens(p: ProbeInputs, reward, device):
+    return token_corruption_report(reward, p.tok, p.corruptions, device)
+
+
+_PROBES = {
+    "corruption": _corruption,
+    "fidelity": _fidelity,
+    "demos": _demos,
+    "corruption_tokens": _corruption_tokens,
+}
 
 
 def write_artefacts(
     out_dir: Path, reward, details, inputs: ProbeInputs, tokenizer_hash, device, tracking, n_heat
 ):
-    """Heatmap (clean vs corrupted), `rewards.parquet` and `reward_manifest.json` under `out_dir`."""
+    """Heatmap (clean vs corrupted), `rewards.parquet` and `reward_manifest.json` under `out_dir`.
+    Parquet sources: "demo", "corrupted" (the corruption probe's or the random-token copy),
+    "corrupted_sampled" (the proposal-sampled copy), "sft" (SFT's samples)."""
     tok, files = inputs.tok, {}
     if rows := heatmap_rows(tok, details, n_heat):
         title = f"{reward.formulation.name} rewards (baseline {reward.baseline_name}): clean vs corrupted"
@@ -102,17 +149,25 @@ def write_artefacts(
                 col.append(v)
 
     if details:
-        for key, src in (("clean", "demo"), ("corrupt", "corrupted")):
-            add(*details[key], src, details["rows"])
+        for key, src in (
+            ("clean", "demo"),
+            ("corrupt", "corrupted"),
+            ("corrupt_sampled", "corrupted_sampled"),
+        ):
+            if key in details:
+                add(*details[key], src, details["rows"])
     if inputs.samples is not None:
         enc = inputs.samples[0]
         add(enc, *score_encoded(reward, enc, tok.pad_token_id, device), "sft", inputs.rows)
     if P:
         path = write_reward_parquet(out_dir / "rewards.parquet", P, R, W, S, F)
         files["rewards_parquet"] = {"path": str(path), "sha256": sha256_file(path)}
+    probe = {"name": inputs.task.recovery_probe}
+    if inputs.corruptions is not None:
+        probe["proposal"] = inputs.corruptions.proposal  # where the sampled replacement tokens come from
     write_manifest(
         out_dir / "reward_manifest.json",
-        {**reward.describe(), "tokenizer_hash": tokenizer_hash, "files": dict(files)},
+        {**reward.describe(), "tokenizer_hash": tokenizer_hash, "files": dict(files), "probe": probe},
     )
     files["reward_manifest"] = str(out_dir / "reward_manifest.json")
     return files
@@ -164,6 +219,7 @@ class RecoveryPass:
                 seed=self.seed,
                 n_reference=self.n_reference,
                 others=others,
+                proposal=proposal_for(reward),
             )
             metrics, details = inputs.report(reward, device)
             write_artefacts(

@@ -11,7 +11,7 @@ import logging
 import math
 
 from densepath.eval.recovery import sample_policy, score_encoded
-from densepath.eval.recovery_pass import ProbeInputs, reference_models, write_artefacts
+from densepath.eval.recovery_pass import ProbeInputs, proposal_for, reference_models, write_artefacts
 from densepath.eval.report import fmt
 from densepath.models.device import autocast_for, device_for
 from densepath.rewards.baselines import (
@@ -57,6 +57,7 @@ class RecoverStage(Stage):
         table = []
         with autocast_for(cfg.trainer):
             rows = task.splits()["val"][: rcfg.probe_size]
+            reward = build_reward(cfg.reward, cfg.baseline, sft_dir, tok, device, sft_model=sft_model)
             inputs = ProbeInputs(
                 task,
                 tok,
@@ -66,8 +67,8 @@ class RecoverStage(Stage):
                 seed=cfg.seed,
                 n_reference=rcfg.fidelity_samples,
                 others=reference_models(task, sft_dir, tok, device),
+                proposal=proposal_for(reward),
             )
-            reward = build_reward(cfg.reward, cfg.baseline, sft_dir, tok, device, sft_model=sft_model)
             m, details = inputs.report(reward, device)
             metrics.update({f"configured/{k}": v for k, v in m.items()})
             table.append((f"{reward.formulation.name} (baseline: {reward.baseline_name})", m))
@@ -91,7 +92,7 @@ class RecoverStage(Stage):
             r, m = score_encoded(reward, enc, tok.pad_token_id, device)
             ctx.metrics["sft/eval/sampled/reward"] = float((r * m).sum(-1).mean())
             ctx.metrics["sft/eval/sampled/kl_to_sft"] = ctx.metrics["sft/eval/sampled/kl_exact"] = 0.0
-        _print_table(table, task.recovery_probe)
+        _print_table(table, task.recovery_probe, inputs)
         manifest = {
             "reward": reward.describe(),
             "baseline": reward.baseline_name,
@@ -123,6 +124,13 @@ _COLUMNS = {  # per probe: column title -> metric key
         "corrupted-token AUROC": "probe/token_auroc", "correct-vs-wrong AUROC": "samples/correct_vs_wrong_auroc",
         "mean seq reward": "samples/reward",
     },
+    "corruption_tokens": {
+        "random token: detection": "probe/random/detection_rate", "chance": "probe/chance",
+        "random token: AUROC": "probe/random/token_auroc",
+        "sampled token: detection": "probe/sampled/detection_rate",
+        "sampled token: AUROC": "probe/sampled/token_auroc",
+        "mean token reward": "reward/token_mean", "mean sequence reward": "reward/seq_sum_mean",
+    },
     "demos": {
         "mean token reward": "reward/token_mean", "token std": "reward/token_std",
         "mean sequence reward": "reward/seq_sum_mean",
@@ -130,11 +138,37 @@ _COLUMNS = {  # per probe: column title -> metric key
 }  # fmt: skip
 
 
-def _print_table(table, probe: str) -> None:
-    cols = _COLUMNS[probe]
+def _has(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def recovery_table(table, probe: str, inputs=None) -> str:
+    """The markdown table of the probe's metrics, one row per reward; a column no reward has a value
+    for (e.g. no SFT sample was wrong, no snapshot to compare) is left out rather than shown as `-`."""
+    cols = {t: k for t, k in _COLUMNS[probe].items() if any(_has(m.get(k)) for _, m in table)}
+    if not cols:
+        n = table[0][1].get("probe/n") if table else None
+        return (
+            f"(no probe results: {'no held-out demonstration could be probed' if n == 0 else 'no metrics'})"
+        )
     lines = ["| reward | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     lines += [f"| {name} | " + " | ".join(fmt(m.get(k)) for k in cols.values()) + " |" for name, m in table]
+    out = "\n".join(lines)
+    c = getattr(inputs, "corruptions", None)
+    if probe == "corruption_tokens" and c is not None and c.clean:
+        out += (
+            f"\n\n{len(c.clean)} held-out demonstrations, one response token each (not EOS) replaced by a "
+            f"uniformly random token, or by a token sampled from {c.proposal} (the original excluded). "
+            "Detection: the altered token has the lowest reward of its response; chance = mean 1/length. "
+            "AUROC: altered tokens vs every clean token (1 = always lower)."
+        )
+    return out
+
+
+def _print_table(table, probe: str, inputs=None) -> None:
     print(
-        "\n## Reward recovery: which reward carries signal? (val split)\n\n" + "\n".join(lines) + "\n",
+        "\n## Reward recovery: which reward carries signal? (val split)\n\n"
+        + recovery_table(table, probe, inputs)
+        + "\n",
         flush=True,
     )
