@@ -20,7 +20,7 @@ from conftest import compose_cfg
 from densepath.data.formatting import encode_pair
 from densepath.data.sources import ToyTask
 from densepath.data.toy import DEFAULT_FAMILIES, FAMILIES, make_splits
-from densepath.data.toy_families import PathFamily, path_bounds
+from densepath.data.toy_paths import PathFamily, path_bounds
 
 PATH = FAMILIES["path"]
 K, L = 4, 8

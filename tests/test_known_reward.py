@@ -8,12 +8,8 @@ import math
 import pytest
 import torch
 
-from densepath.data.known_reward import (
-    KnownRewardMDP,
-    from_text,
-    make_splits,
-    to_text,
-)
+from densepath.data.known_reward import KnownRewardMDP, from_text, to_text
+from densepath.data.known_reward_prompts import make_splits
 
 
 def all_complete_episodes(n_tokens: int, horizon: int) -> list[list[int]]:

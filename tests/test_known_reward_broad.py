@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from densepath.data.formatting import encode_prompt
-from densepath.data.known_reward import Benchmark, KnownRewardMDP, PromptSpace, assign_prompts, parse_starts
+from densepath.data.known_reward import KnownRewardMDP
+from densepath.data.known_reward_prompts import Benchmark, PromptSpace, assign_prompts, parse_starts
 from densepath.data.sources import KnownRewardTask
 from densepath.eval import probes
 

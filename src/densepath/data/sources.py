@@ -94,8 +94,9 @@ class ToyTask(Task):
 @dataclass
 class KnownRewardTask(Task):
     """`data=known_reward`: 8 symbols + EOS, hidden reward r*(prev, next), an exact expert; prompts
-    name a reward table, a start state and a horizon (see `data.known_reward.Benchmark`). The defaults
-    here are the original single-prompt benchmark; conf/data/known_reward.yaml sets the broadened one."""
+    name a reward table, a start state and a horizon (see `data.known_reward_prompts.Benchmark`). The
+    defaults here are the original single-prompt benchmark; conf/data/known_reward.yaml sets the broadened
+    one."""
 
     seed: int = 0
     sizes: dict = field(default_factory=lambda: {"sft": 20000, "rl": 2000, "val": 256, "eval": 512})
@@ -118,7 +119,7 @@ class KnownRewardTask(Task):
     )
 
     def __post_init__(self):
-        from densepath.data.known_reward import Benchmark
+        from densepath.data.known_reward_prompts import Benchmark
 
         seeds = self.reward_seed
         if not isinstance(seeds, int):
@@ -177,14 +178,10 @@ class KnownRewardTask(Task):
     def reference_samples(self, rows: list[dict], generator) -> dict[str, list[str]]:
         """Answers of the exact expert and of the uniform policy to each row (the fidelity probe's references)."""
         from densepath.data.known_reward import to_text
+        from densepath.data.known_reward_prompts import by_table
 
-        prompts = self.bench.prompts_of(rows)
         out: dict[str, list[str]] = {"expert": [""] * len(rows), "uniform": [""] * len(rows)}
-        for m, mdp in enumerate(self.bench.mdps):
-            idx = [i for i, p in enumerate(prompts) if p.table == m]
-            if not idx:
-                continue
-            st, hs = [prompts[i].start for i in idx], [prompts[i].horizon for i in idx]
+        for mdp, idx, st, hs in by_table(self.bench.mdps, self.bench.prompts_of(rows)):
             for name, draw in (("expert", mdp.sample_expert), ("uniform", mdp.sample_uniform)):
                 for i, s in zip(idx, draw(len(idx), generator, st, hs)):
                     out[name][i] = to_text(s, self.n_tokens)

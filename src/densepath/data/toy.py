@@ -6,8 +6,9 @@ wrong payload character is well defined, so probes can ask "does the recovered r
 at the corrupted token?". Every payload character (digit or letter) is written space-separated,
 so the project tokenizer maps it to its own token.
 
-The families (`sample`, `verify`, `corrupt`) live in :mod:`densepath.data.toy_families`; this
-module draws the disjoint splits from them.
+The families (`sample`, `verify`, `corrupt`) and their registry live in
+:mod:`densepath.data.toy_families` (their shared base in :mod:`densepath.data.toy_base`, the graded
+`path` family in :mod:`densepath.data.toy_paths`); this module draws the disjoint splits from them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import logging
 import random
 
-from densepath.data.toy_families import DEFAULT_FAMILIES, FAMILIES, Example, TaskFamily
+from densepath.data.toy_base import Example, TaskFamily
+from densepath.data.toy_families import DEFAULT_FAMILIES, FAMILIES
 
 __all__ = ["DEFAULT_FAMILIES", "FAMILIES", "Example", "TaskFamily", "make_splits"]
 
