@@ -100,3 +100,26 @@ def test_tables_have_no_nan_cells(chat_run):
     _, out, _ = chat_run
     assert "held-out nll / token" in out
     assert "nan" not in out.lower()
+
+
+def test_half_data_sft_draws_from_the_length_fitted_split(tmp_path):
+    """sft.half_data on chat data whose long rows are dropped: the half is drawn from the rows that fit."""
+    from densepath.stages.runner import run_stages
+
+    path = _chat_file(tmp_path / "chat.jsonl")
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    for i in range(0, len(rows), 3):  # a third of the answers far over data.max_response_len
+        rows[i]["messages"][-1]["content"] = " ".join(["word"] * 200)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose_cfg(
+        ["debug=tiny", "pipeline=sft", "sft.half_data=true", "data=jsonl", f"data.path={path}",
+         f"data.cache_dir={tmp_path}", "data.max_response_len=24", "eval.val_size=4", "eval.eval_size=4"]
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_stages(cfg, run_dir)
+    man = json.loads((run_dir / "manifest.json").read_text())
+    fit = man["task"]["overlong"]["splits"]["sft"]
+    assert fit["dropped_response"] > 0 and fit["rows_out"] == fit["rows_in"] - fit["dropped_response"]
+    half = json.loads((run_dir / "sft_half_data" / "manifest.json").read_text())["demo_indices"]
+    assert len(half) == fit["rows_out"] // 2 and max(half) < fit["rows_out"]

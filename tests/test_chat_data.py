@@ -350,7 +350,7 @@ def test_compose_real_configs(msgs_file, tmp_path):
 def test_end_to_end_tiny_sft_on_jsonl(msgs_file, tmp_path):
     from densepath.stages.runner import run_stages
 
-    # the whole chain, recovery included (held-out demo reward statistics: no verifier, no probe)
+    # the whole chain, recovery included (no verifier: the token-corruption probe on held-out demonstrations)
     cfg = _compose(
         [
             "debug=tiny",
@@ -367,6 +367,9 @@ def test_end_to_end_tiny_sft_on_jsonl(msgs_file, tmp_path):
     run_stages(cfg, run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "recover/configured/reward/token_mean" in metrics
+    for kind in ("random", "sampled"):  # the real-text probe: numbers, not dashes
+        assert 0.0 <= metrics[f"recover/configured/probe/{kind}/token_auroc"] <= 1.0
+        assert 0.0 <= metrics[f"recover/configured/probe/{kind}/detection_rate"] <= 1.0
     assert "dpr/eval/nll" in metrics
     # the decode stage needs a verifier: in a chain it is skipped and says why
     manifest = json.loads((run_dir / "manifest.json").read_text())

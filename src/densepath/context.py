@@ -21,6 +21,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from densepath.data.formatting import default_system_prompt
 from densepath.models.tokenizer import tokenizer_hash
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,15 @@ class RunContext:
         return man.get("wandb_artifact")
 
     def set_tokenizer(self, tok) -> None:
+        """The run's tokenizer; a chat task fits its splits to the length limits now (`fit_lengths`, once
+        per tokenizer, for every stage alike) and the manifest records the task's counts and the system
+        prompt the chat template injects (the same for every policy: they share this tokenizer)."""
         self.tokenizer = tok
         self.manifest["tokenizer_hash"] = tokenizer_hash(tok)
+        if fit := getattr(self.task, "fit_lengths", None):
+            fit(tok)
+            self.manifest["task"] = self.task.describe()
+        self.manifest["chat"] = {"system_prompt": default_system_prompt(tok)}
 
     def record(self, stage: str, metrics: dict[str, float], manifest: dict) -> None:
         """Merge a finished stage's metrics/manifest and rewrite the run-level files."""

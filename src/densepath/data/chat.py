@@ -1,8 +1,16 @@
-"""The `data=jsonl` and `data=hf` options: plain chat demonstrations without a verifier.
+"""The `data=jsonl` and `data=hf` options (and the base of every chat source): chat demonstrations
+without a verifier.
 
 Rows are conversations whose LAST assistant turn is the demonstration; everything before it is the
 prompt (`meta["messages"]`). Splits are carved deterministically, disjoint by prompt conversation.
 Every validation error names the source (file + line, or dataset + row + column) and the fix.
+
+Two run-level filters belong to every chat source (`_ChatTask`):
+- `data.decontaminate: ifbench` drops `sft` and `rl` rows whose user turns share a 13-word n-gram with
+  an IFBench prompt (`ngram_index` / `shares_ngram`); null turns it off.
+- `data.overlong: drop | truncate | error` fits the splits to `data.max_prompt_len` /
+  `data.max_response_len` (in tokens) once the run's tokenizer is known (`fit_lengths`, called by
+  `RunContext.set_tokenizer`), so SFT, continued SFT, evaluation and RL all see the same rows.
 """
 
 from __future__ import annotations
@@ -10,15 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from densepath.data.formatting import encode_many, prompt_ids_many
 from densepath.data.sources import _cache_dir
 from densepath.data.task import Task
-from densepath.models.tokenizer import train_bpe_tokenizer
+from densepath.models.tokenizer import tokenizer_hash, train_bpe_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +210,120 @@ def carve_splits(
     return {k: out[k] for k in SPLITS}
 
 
+# -- decontamination: word n-grams shared with a benchmark's prompts ------------------------------------
+
+NGRAM_WORDS = 13  # the GPT-3 paper's contamination n-gram; long enough that only copied text matches
+DECONTAMINATE = ("ifbench",)
+_WORD = re.compile(r"\w+")
+
+
+def word_tokens(text: str) -> list[str]:
+    """Lowercase word tokens (runs of regex word characters: letters, digits, underscore; the rest ignored)."""
+    return _WORD.findall(text.lower())
+
+
+def ngram_index(texts: Iterable[str], n: int = NGRAM_WORDS) -> dict[int, frozenset[tuple[str, ...]]]:
+    """{gram length: grams} of the benchmark texts: every n-gram of each text's lowercase words.
+
+    A text shorter than n words contributes one gram of all its words (so no benchmark prompt is exempt;
+    IFBench's shortest prompts have 11 words); a text without words contributes nothing.
+    """
+    if n < 1:
+        raise ValueError(f"n-gram length must be >= 1, got {n}")
+    grams: dict[int, set[tuple[str, ...]]] = {}
+    for text in texts:
+        words = word_tokens(text)
+        k = min(n, len(words))
+        if k:
+            grams.setdefault(k, set()).update(zip(*(words[i:] for i in range(k))))
+    return {k: frozenset(v) for k, v in grams.items()}
+
+
+def shares_ngram(text: str, index: dict[int, frozenset[tuple[str, ...]]]) -> bool:
+    """True when `text` contains, as consecutive lowercase words, any gram of `index` (`ngram_index`)."""
+    words = word_tokens(text)
+    # zip builds every k-gram in C: ~3.5M words of ShareGPT user turns take ~4 s on one core
+    return any(not grams.isdisjoint(zip(*(words[i:] for i in range(k)))) for k, grams in index.items())
+
+
+def _benchmark_prompts(name: str) -> list[str]:
+    """The prompts of `data.decontaminate=<name>` (imported lazily: only runs that decontaminate need them)."""
+    if name == "ifbench":
+        from densepath.data.ifbench_data import ifbench_records
+
+        return [r["prompt"] for r in ifbench_records()]
+    raise ValueError(
+        f"data.decontaminate={name!r} is unknown; use one of {list(DECONTAMINATE)} or null (off)"
+    )
+
+
+def decontaminate_rows(
+    rows: list[dict], index: dict[int, frozenset[tuple[str, ...]]]
+) -> tuple[list[dict], int]:
+    """Rows whose user turns share no gram of `index`, and how many were dropped (grams never span turns)."""
+    kept = [
+        r
+        for r in rows
+        if not any(m["role"] == "user" and shares_ngram(m["content"], index) for m in r["meta"]["messages"])
+    ]
+    return kept, len(rows) - len(kept)
+
+
+# -- over-long rows: drop, truncate or error, in tokens -------------------------------------------------
+
+OVERLONG = ("drop", "truncate", "error")
+
+
+def fit_split(
+    rows: list[dict], tokenizer, max_prompt_len: int, max_response_len: int, mode: str
+) -> tuple[list[dict], dict[str, int]]:
+    """One split fitted to the length limits (lengths as `encode_rows` counts them: the response with EOS).
+
+    `drop`: rows whose prompt or response is too long go. `truncate`: rows whose prompt is too long go
+    (a prompt cannot be cut without changing the task); a too-long response is cut to `max_response_len`
+    tokens WITHOUT EOS (the model must not learn to stop there): the row's text becomes the decoded cut
+    and `meta["truncated"]` tells `encode_rows` to drop the EOS.
+    """
+    counts = {"rows_in": len(rows), "dropped_prompt": 0, "dropped_response": 0, "truncated": 0}
+    # prompts first: only rows whose prompt fits are tokenized with their response (ShareGPT: ~1/3)
+    p_ids = prompt_ids_many(tokenizer, [r["meta"]["messages"] for r in rows])
+    fits = [i for i, p in enumerate(p_ids) if len(p) <= max_prompt_len]
+    counts["dropped_prompt"] = len(rows) - len(fits)
+    rows = [rows[i] for i in fits]
+    enc = encode_many(
+        tokenizer, [(r["meta"]["messages"], r["response"]) for r in rows], [p_ids[i] for i in fits]
+    )
+    eos, out = tokenizer.eos_token_id, []
+    for r, e in zip(rows, enc):
+        if len(e.response_ids) <= max_response_len:
+            out.append(r)
+        elif mode == "drop":
+            counts["dropped_response"] += 1
+        else:
+            content = e.response_ids[:-1] if e.response_ids and e.response_ids[-1] == eos else e.response_ids
+            cut = max_response_len
+            text = tokenizer.decode(content[:cut], skip_special_tokens=False)
+            while cut > 1 and text.endswith("\ufffd"):  # never end on half a UTF-8 character
+                cut -= 1
+                text = tokenizer.decode(content[:cut], skip_special_tokens=False)
+            meta = {**r["meta"], "truncated": {"response_tokens": cut, "original_tokens": len(content)}}
+            out.append({**r, "response": text, "meta": meta})
+            counts["truncated"] += 1
+    return out, {**counts, "rows_out": len(out)}
+
+
 @dataclass
 class _ChatTask(Task):
-    """The Task of chat sources (subclasses implement `_load_rows`); no verifier: the headline is held-out NLL."""
+    """The Task of chat sources (subclasses implement `_load_rows` and `_source`); no verifier: the headline
+    is held-out NLL."""
 
-    name, headline, higher_is_better, verifiable, recovery_probe = "chat", "nll", False, False, "demos"
+    name, headline, higher_is_better, verifiable, recovery_probe = (
+        "chat",
+        "nll",
+        False,
+        False,
+        "corruption_tokens",
+    )
     seed: int = 0
     val_fraction: float = 0.05
     eval_fraction: float = 0.1
@@ -213,19 +333,113 @@ class _ChatTask(Task):
     vocab_size: int = 1024
     max_prompt_len: int = 256
     max_response_len: int = 256
-    _splits: dict | None = field(default=None, init=False, repr=False)
+    overlong: str = "drop"  # drop | truncate | error (see `fit_split`)
+    decontaminate: str | None = None  # "ifbench": drop sft/rl rows sharing a 13-gram with its prompts
+    _raw: dict | None = field(default=None, init=False, repr=False)  # carved + decontaminated
+    _splits: dict | None = field(default=None, init=False, repr=False)  # _raw fitted to the lengths
+    _fitted_for: str | None = field(default=None, init=False, repr=False)  # tokenizer hash of the fit
+    _stats: dict = field(default_factory=dict, init=False, repr=False)  # what the manifest records
+
+    def __post_init__(self) -> None:
+        if self.overlong not in OVERLONG:
+            raise ValueError(f"data.overlong={self.overlong!r} is unknown; use one of {list(OVERLONG)}")
+        if self.decontaminate is not None and self.decontaminate not in DECONTAMINATE:
+            raise ValueError(
+                f"data.decontaminate={self.decontaminate!r} is unknown; use one of {list(DECONTAMINATE)} "
+                "or null (off)"
+            )
+
+    def _raw_splits(self) -> dict[str, list[dict]]:
+        """Carved and decontaminated splits, before any length fitting (the tokenizer's corpus)."""
+        if self._raw is None:
+            fractions = {"val": self.val_fraction, "eval": self.eval_fraction, "rl": self.rl_fraction}
+            # uncapped: the caps (`sizes`) apply after the length fit, so a cap is a row count that fits
+            raw = carve_splits(self._load_rows(), self.seed, fractions, self._source())
+            if self.decontaminate is not None:
+                index = ngram_index(_benchmark_prompts(self.decontaminate))
+                dropped = {}
+                for name in ("sft", "rl"):
+                    raw[name], dropped[name] = decontaminate_rows(raw[name], index)
+                    if not raw[name]:
+                        raise ValueError(
+                            f"{self._source()}: decontamination against {self.decontaminate} removed every "
+                            f"row of the `{name}` split; use more data or data.decontaminate=null"
+                        )
+                log.info(
+                    "%s: dropped %s rows sharing a %d-word n-gram with %s prompts",
+                    self._source(),
+                    dropped,
+                    NGRAM_WORDS,
+                    self.decontaminate,
+                )
+                self._stats["decontaminated"] = {
+                    "against": self.decontaminate,
+                    "ngram_words": NGRAM_WORDS,
+                    "dropped": dropped,
+                }
+            self._raw = raw
+        return self._raw
+
+    def _capped(self, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
+        """Each split cut to its `data.sizes` cap (the first rows: the carve order is already shuffled)."""
+        caps = {k: int(v) for k, v in dict(self.sizes or {}).items() if v is not None}
+        return {k: rows[: caps[k]] if k in caps else rows for k, rows in splits.items()}
 
     def splits(self) -> dict[str, list[dict]]:
-        if self._splits is None:
-            fractions = {"val": self.val_fraction, "eval": self.eval_fraction, "rl": self.rl_fraction}
-            self._splits = carve_splits(self._load_rows(), self.seed, fractions, self._source(), self.sizes)
-        return self._splits
+        """The splits, capped to `data.sizes`; fitted to the length limits (before the caps) once
+        `fit_lengths` ran (the run context calls it)."""
+        return self._splits if self._splits is not None else self._capped(self._raw_splits())
+
+    def fit_lengths(self, tokenizer) -> None:
+        """Apply `data.overlong` to every split, once per tokenizer (later calls with it do nothing).
+
+        Called by `RunContext.set_tokenizer`, so every stage (SFT, continued SFT, evaluation, RL prompts)
+        reads the same fitted rows. `error` leaves the rows as they are (`encode_rows` refuses long ones).
+        """
+        key = tokenizer_hash(tokenizer)
+        if self._fitted_for == key:
+            return
+        raw = self._raw_splits()
+        if self.overlong == "error":
+            self._splits, self._fitted_for = self._capped(raw), key
+            self._stats.pop("overlong", None)
+            return
+        fitted, counts = {}, {}
+        for name in SPLITS:
+            fitted[name], counts[name] = fit_split(
+                raw[name], tokenizer, self.max_prompt_len, self.max_response_len, self.overlong
+            )
+        limits = f"data.max_prompt_len={self.max_prompt_len} / data.max_response_len={self.max_response_len}"
+        if not any(fitted.values()):
+            fix = "raise them" + ("" if self.overlong == "truncate" else ", or set data.overlong=truncate")
+            raise ValueError(
+                f"{self._source()}: every row is over {limits} tokens (data.overlong={self.overlong}, "
+                f"{ {k: c['dropped_prompt'] for k, c in counts.items()} } rows with a too-long prompt per "
+                f"split); {fix}"
+            )
+        if empty := [k for k in SPLITS if not fitted[k]]:
+            raise ValueError(
+                f"{self._source()}: data.overlong={self.overlong} emptied the split(s) {empty} "
+                f"({ {k: counts[k] for k in empty} }); raise {limits} or add rows"
+            )
+        log.info("%s: data.overlong=%s per split: %s", self._source(), self.overlong, counts)
+        self._splits, self._fitted_for = self._capped(fitted), key
+        self._stats["overlong"] = {
+            "mode": self.overlong,
+            "max_prompt_len": self.max_prompt_len,
+            "max_response_len": self.max_response_len,
+            "splits": counts,
+        }
+
+    def describe(self) -> dict:
+        """The source and what loading, decontamination and length fitting removed (known so far)."""
+        return {"source": self._source(), **{k: v for k, v in self._stats.items()}}
 
     def messages(self, row: dict) -> list[dict]:
         return row["meta"]["messages"]
 
     def corpus(self) -> list[str]:
-        rows = [r for split in self.splits().values() for r in split]
+        rows = [r for split in self._raw_splits().values() for r in split]
         return [m["content"] for r in rows for m in r["meta"]["messages"]] + [r["response"] for r in rows]
 
     def build_tokenizer(self):

@@ -43,13 +43,32 @@ def _source(row: dict) -> str:
     return f" (from {src})" if src else ""
 
 
+def encode_demonstrations(tokenizer, task, rows: list[dict]) -> list[Encoded]:
+    """Tokenize rows with their demonstrations (no length checks). A row that `data.overlong=truncate`
+    cut (`meta["truncated"]`) gets no EOS: the text was cut there, the answer did not end there."""
+    enc = encode_many(tokenizer, [(task.messages(r), r["response"]) for r in rows])
+    for r, e in zip(rows, enc):
+        if isinstance(r, dict) and (r.get("meta") or {}).get("truncated"):
+            if e.response_ids[-1:] == [tokenizer.eos_token_id]:
+                e.response_ids = e.response_ids[:-1]
+            e.truncated = True
+    return enc
+
+
 def encode_rows(
     tokenizer, task, rows: list[dict], max_prompt_len: int, max_response_len: int, split: str
 ) -> list[Encoded]:
-    """Tokenize demonstration rows; over-long rows are an error that names the row and the fix."""
+    """Tokenize demonstration rows; over-long rows are an error that names the row and the fix.
+
+    A row that `data.overlong=truncate` cut (`meta["truncated"]`) keeps at most `max_response_len`
+    response tokens and no EOS, so the model is not taught to stop where the text was cut.
+    """
     if not rows:
         raise ValueError(f"data split `{split}` is empty: there is nothing to train or evaluate on")
-    enc = encode_many(tokenizer, [(task.messages(r), r["response"]) for r in rows])
+    enc = encode_demonstrations(tokenizer, task, rows)
+    for e in enc:
+        if e.truncated:  # re-tokenising the cut text may not give the same count: keep to the limit
+            e.response_ids = e.response_ids[:max_response_len]
     for i, e in enumerate(enc):
         if len(e.prompt_ids) > max_prompt_len:
             raise ValueError(

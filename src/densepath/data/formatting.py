@@ -14,7 +14,8 @@ from dataclasses import dataclass
 @dataclass
 class Encoded:
     prompt_ids: list[int]
-    response_ids: list[int]  # ends with EOS when a response was given
+    response_ids: list[int]  # ends with EOS when a response was given, unless truncated
+    truncated: bool = False  # the response was cut at data.max_response_len: no EOS (the model must not stop)
 
 
 def _ids(out) -> list[int]:
@@ -46,19 +47,27 @@ def _until_eos(resp: list[int], eos: int) -> list[int]:
     return resp[: resp.index(eos) + 1] if eos in resp else resp + [eos]
 
 
-def encode_many(tokenizer, rows: list[tuple[list[dict], str]]) -> list[Encoded]:
+def prompt_ids_many(tokenizer, messages: list[list[dict]]) -> list[list[int]]:
+    """The generation-prompt ids of many conversations (rendered with the template, one tokenizer call)."""
+    prompts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+
+
+def encode_many(
+    tokenizer, rows: list[tuple[list[dict], str]], prompt_ids: list[list[int]] | None = None
+) -> list[Encoded]:
     """Batch version: render strings with the template, tokenize in one fast call.
 
-    Falls back to per-row `encode_pair` when a rendered prompt is not a token prefix of the rendered
-    conversation (rare templates).
+    `prompt_ids` (from `prompt_ids_many` on the same rows) skips tokenizing the prompts again. Falls back
+    to per-row `encode_pair` when a rendered prompt is not a token prefix of the rendered conversation
+    (rare templates).
     """
-    prompts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _ in rows]
+    p_ids = prompt_ids_many(tokenizer, [m for m, _ in rows]) if prompt_ids is None else prompt_ids
     fulls = [
         tokenizer.apply_chat_template(m + [{"role": "assistant", "content": r}], tokenize=False)
         for m, r in rows
     ]
-    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    f_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
+    f_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"] if fulls else []
     return [
         Encoded(p, _until_eos(f[len(p) :], tokenizer.eos_token_id))
         if f[: len(p)] == p
@@ -73,3 +82,36 @@ def answer_text(tokenizer, ids: list[int]) -> str:
     if ids and ids[-1] == tokenizer.eos_token_id:
         ids = ids[:-1]
     return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+_SYSTEM_PROBE = "densepath-system-probe-7f3a"
+_USER_PROBE = "densepath-user-probe-7f3a"
+
+
+def default_system_prompt(tokenizer) -> str | None:
+    """The system message the chat template renders when a conversation brings none, or None.
+
+    SmolLM2's template injects "You are a helpful AI assistant named SmolLM, trained by Hugging Face"; the
+    built-in BPE templates inject nothing. Found by rendering a user turn with and without a probe system
+    message: with one the text is `pre + probe + post`, so a template that injects a default renders
+    `pre + default + post` without one. Every policy of a run and the IFBench evaluation share the run's
+    tokenizer and chat template, so this one value holds for all of them.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    from jinja2 import TemplateError
+
+    user = [{"role": "user", "content": _USER_PROBE}]
+    try:
+        bare = tokenizer.apply_chat_template(user, tokenize=False)
+        with_sys = tokenizer.apply_chat_template(
+            [{"role": "system", "content": _SYSTEM_PROBE}, *user], tokenize=False
+        )
+    except TemplateError:  # e.g. a template that refuses the system role: it cannot inject one either
+        return None
+    if with_sys.count(_SYSTEM_PROBE) != 1:
+        return None  # the template drops (or repeats) system messages
+    pre, post = with_sys.split(_SYSTEM_PROBE)
+    if len(bare) > len(pre) + len(post) and bare.startswith(pre) and bare.endswith(post):
+        return bare[len(pre) : len(bare) - len(post)]
+    return None

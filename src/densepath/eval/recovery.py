@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from densepath.data.datamodule import Collator
+from densepath.data.datamodule import Collator, encode_demonstrations
 from densepath.data.formatting import Encoded, answer_text, encode_many, encode_prompt
 from densepath.eval import probes
 from densepath.eval.heatmap import token_strings
@@ -192,7 +192,7 @@ def heatmap_rows(tokenizer, details: dict, n: int = 40) -> list[dict]:
 
 def demo_report(reward, task, tokenizer, rows, device) -> dict[str, float]:
     """Chat data without a verifier: reward statistics on held-out demonstrations."""
-    enc = encode_many(tokenizer, [(task.messages(r), r["response"]) for r in rows])
+    enc = encode_demonstrations(tokenizer, task, rows)
     r, m = score_encoded(reward, enc, tokenizer.pad_token_id, device)
     return {f"reward/{k}": v for k, v in probes.reward_stats(r, m).items()}
 
@@ -313,7 +313,7 @@ def build_token_corruptions(
             "the corruption_tokens probe needs held-out demonstrations; the val split is empty "
             "(raise data.val_fraction or data.sizes.val, and recover.probe_size >= 1)"
         )
-    enc = encode_many(tokenizer, [(task.messages(r), r["response"]) for r in rows])
+    enc = encode_demonstrations(tokenizer, task, rows)
     ids, mask = pad_right([e.response_ids for e in enc], tokenizer.pad_token_id)  # (B, T)
     gen = torch.Generator().manual_seed(int(seed))
     special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)

@@ -41,6 +41,12 @@ def recovery_callback(ctx, sft_dir) -> RewardRecoveryCallback:
     )
 
 
+def run_tokenizer(ctx, spec=None):
+    """The model's own tokenizer, or one trained on the task's corpus (cached) for models without one."""
+    spec = spec if spec is not None else instantiate(ctx.cfg.model)
+    return spec.load_tokenizer() or ctx.task.build_tokenizer()
+
+
 class SFTStage(TrainingStage):
     """`sft`: settings in the `sft` node; the LightningModule is `sft.module` (built by Hydra)."""
 
@@ -59,7 +65,9 @@ class SFTStage(TrainingStage):
         node = ctx.cfg.sft
         if node.get("half_data") and self.primary and not ctx.stage_finished(f"{self.name}_half_data"):
             # the paper's pi_base: SFT on a random half of the demonstrations, same passes and schedule
-            # shape (half the optimiser steps), before the main run so its recovery report can use it
+            # shape (half the optimiser steps), before the main run so its recovery report can use it.
+            # The tokenizer first: a chat task fits its splits to the length limits when it is set.
+            ctx.set_tokenizer(run_tokenizer(ctx))
             n = len(ctx.task.splits()["sft"])
             half = HalfDataSFTStage()
             half.name, half.half = (
@@ -73,7 +81,7 @@ class SFTStage(TrainingStage):
         cfg, scfg, dcfg = ctx.cfg, ctx.cfg.sft, ctx.cfg.data
         sft_dir = ctx.stage_dir(self.name)
         spec = instantiate(cfg.model)
-        tok = spec.load_tokenizer() or ctx.task.build_tokenizer()
+        tok = run_tokenizer(ctx, spec)
         ctx.set_tokenizer(tok)
         model = prepare_policy(spec.build(tok), cfg.model)
         splits = ctx.task.splits()
