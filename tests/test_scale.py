@@ -83,7 +83,7 @@ def test_fp16_and_multi_gpu_strategies_compose():
     assert ddp.strategy == "ddp" and ddp.use_distributed_sampler is False
     from densepath.models.factory import decoder_layer_wrap_policy
 
-    assert {c.__name__ for c in decoder_layer_wrap_policy()} == {"LlamaDecoderLayer"}
+    assert {c.__name__ for c in decoder_layer_wrap_policy()} == {"LlamaDecoderLayer", "Gemma3DecoderLayer"}
 
 
 def test_scorer_dtype_bf16(sft_run: Path):
