@@ -18,13 +18,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from densepath.context import RunContext  # noqa: E402
-from densepath.data.chat import (  # noqa: E402
-    JsonlTask,
-    decontaminate_rows,
-    ngram_index,
-    shares_ngram,
-)
+from densepath.data.chat import JsonlTask  # noqa: E402
 from densepath.data.datamodule import encode_rows  # noqa: E402
+from densepath.data.decontaminate import decontaminate_rows, ngram_index, shares_ngram  # noqa: E402
 from densepath.data.formatting import default_system_prompt  # noqa: E402
 from densepath.data.packaged import (  # noqa: E402
     ChitChatTask,
