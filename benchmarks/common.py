@@ -152,3 +152,94 @@ def add_config_flags(parser, config_cls) -> None:
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
+
+
+# ---------------------------------------------------------------- the real-model workload (issue 17)
+@dataclass(frozen=True)
+class Workload:
+    """The fixed real-model workload every shared-base / prefix-sharing / TRL benchmark runs.
+
+    SmolLM2-135M's shape with random weights (the real ones are not needed for speed or memory), LoRA
+    r=8 on q/k/v/o, 4 prompts per step of exactly 256 tokens (no padding), k=8 samples of exactly 64 new
+    tokens (EOS suppressed), fp32 unless a benchmark says otherwise.
+    """
+
+    prompts: int = 4
+    prompt_len: int = 256
+    k: int = 8
+    new_tokens: int = 64
+    layers: int = 30  # SmolLM2-135M; fewer only for smoke tests (--layers)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    vocab: int = 49152
+    hidden: int = 576
+    heads: int = 9
+    kv_heads: int = 3
+    intermediate: int = 1536
+
+    @property
+    def rows(self) -> int:
+        return self.prompts * self.k
+
+    @property
+    def ideal_sharing_ratio(self) -> float:
+        """Token positions run with prefix sharing over without: (P + kT) / (k (P + T)); the ratio a
+        prefix-shared forward could reach if time were proportional to tokens (the prompt:response length
+        ratio P:T is what sets it)."""
+        P, T, k = self.prompt_len, self.new_tokens, self.k
+        return (P + k * T) / (k * (P + T))
+
+    def describe(self) -> str:
+        return (
+            f"workload: SmolLM2-135M shape (vocab {self.vocab}, hidden {self.hidden}, {self.layers} layers, "
+            f"{self.heads} heads / {self.kv_heads} KV heads, MLP {self.intermediate}, tied embeddings), random "
+            f"weights; LoRA r={self.lora_r} alpha={self.lora_alpha} on {'/'.join(self.lora_targets)}; "
+            f"{self.prompts} prompts x {self.prompt_len} prompt tokens, k={self.k}, {self.new_tokens} new tokens "
+            f"(EOS suppressed) -> {self.rows} rows; prompt:response = {self.prompt_len}:{self.new_tokens} = "
+            f"{self.prompt_len / self.new_tokens:g}; ideal prefix-sharing token ratio "
+            f"(P+kT)/(k(P+T)) = {self.ideal_sharing_ratio:.3f}; threads={torch.get_num_threads()} "
+            f"torch={torch.__version__}"
+        )
+
+
+def smollm2_shaped(w: Workload, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A random-weight LlamaForCausalLM of SmolLM2-135M's shape (``w.layers`` layers), eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from densepath.models import attention
+
+    cfg = LlamaConfig(
+        vocab_size=w.vocab,
+        hidden_size=w.hidden,
+        intermediate_size=w.intermediate,
+        num_hidden_layers=w.layers,
+        num_attention_heads=w.heads,
+        num_key_value_heads=w.kv_heads,
+        max_position_embeddings=2048,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    return attention.apply(model)
+
+
+def workload_prompts(w: Workload, seed: int = 0) -> torch.Tensor:
+    """``w.prompts`` prompts of exactly ``w.prompt_len`` random non-special tokens, (prompts, P)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, w.vocab, (w.prompts, w.prompt_len), generator=g)
+
+
+def workload_responses(w: Workload, seed: int = 1) -> torch.Tensor:
+    """``w.rows`` responses of exactly ``w.new_tokens`` random non-special tokens (no EOS), (rows, T)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, w.vocab, (w.rows, w.new_tokens), generator=g)
+
+
+def flop_fraction(flops: float, seconds: float, peak: MatmulPeak) -> float:
+    """Achieved FLOP/s as a fraction of the measured matmul peak."""
+    return flops / max(seconds, 1e-12) / peak.flops_per_s

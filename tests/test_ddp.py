@@ -123,14 +123,19 @@ def test_ranks_get_disjoint_equal_shares(monkeypatch):
 
 
 @pytest.mark.slow
-def test_trainer_ddp_cpu_runs_sft_and_dpr(tmp_path: Path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora_shared_base"])
+def test_trainer_ddp_cpu_runs_sft_and_dpr(tmp_path: Path, lora: bool):
+    """Under DDP too; with LoRA, DPR trains on the shared base: DDP wraps the module after the adapter
+    flags are set, so it reduces exactly the policy adapter's gradients (asserted every step)."""
     import json
 
     from conftest import run_cfg
 
     run_dir = tmp_path / "ddp"
+    lora_args = ["model.lora={enabled:true,r:4,alpha:8,target_modules:[q_proj,v_proj]}"] if lora else []
     run_cfg(
         [
+            *lora_args,
             "debug=tiny",
             "trainer=ddp_cpu",
             "pipeline=sft",
@@ -143,5 +148,7 @@ def test_trainer_ddp_cpu_runs_sft_and_dpr(tmp_path: Path):
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["sft/train/steps"] == 8 and m["dpr/train/steps"] == 2
     assert "sft/recovery/probe/detection_rate" in m and m["dpr/val/best_step"] >= 0
-    snaps = json.loads((run_dir / "manifest.json").read_text())["stages"]["sft"]["snapshots"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert ("shared_base" in manifest) == lora
+    snaps = manifest["stages"]["sft"]["snapshots"]
     assert snaps["0.50"]["samples_seen"] == 4 * 4 * 2  # step 4 x per-rank batch 4 x 2 ranks

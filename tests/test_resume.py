@@ -103,13 +103,20 @@ def test_sft_killed_and_resumed_matches_uninterrupted(tmp_path: Path):
     assert (run / "metrics.json").read_bytes() == before
 
 
+# LoRA: DPR on the shared base (one bf16 base, the sft/baseline/policy adapters; models/adapters.py)
+LORA = ["model.lora={enabled:true,r:4,alpha:8,target_modules:[q_proj,v_proj]}", "model.base_dtype=bfloat16"]
+
+
 @pytest.mark.slow
-def test_dpr_killed_and_resumed_matches_uninterrupted(tmp_path: Path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora_shared_base"])
+def test_dpr_killed_and_resumed_matches_uninterrupted(tmp_path: Path, lora: bool):
     sft = tmp_path / "sft"
     sft.mkdir()
-    _run([*EXACT, "pipeline=sft", f"data.cache_dir={tmp_path / 'cache'}", "hydra.run.dir=run"], sft)
+    extra = LORA if lora else []
+    _run([*EXACT, *extra, "pipeline=sft", f"data.cache_dir={tmp_path / 'cache'}", "hydra.run.dir=run"], sft)
     args = [
         *EXACT,
+        *extra,
         "pipeline=dpr",
         "dpr.steps=12",
         "dpr.selection_every=4",
@@ -126,6 +133,8 @@ def test_dpr_killed_and_resumed_matches_uninterrupted(tmp_path: Path):
     _kill_at_step([*args, "resume=auto"], work, "outputs/*/*/dpr/ckpt/step={step}.ckpt", step)
     run = _run_dir(work)
     _run([*args, "resume=auto"], work)
+    if lora:
+        assert json.loads((run / "manifest.json").read_text())["shared_base"]["dtype"] == "bfloat16"
     for name in ("last", "best"):
         a, b = _weights(ref / "run" / "dpr" / name), _weights(run / "dpr" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), (name, step)

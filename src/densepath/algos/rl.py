@@ -33,6 +33,15 @@ from densepath.algos.sft import NonFiniteError, sum_counters_over_ranks
 from densepath.models.logprobs import response_logprobs
 
 
+def _token_weighted(parts: list[tuple[int, dict]]) -> dict:
+    """Per-token statistics of micro-batches combined, each weighted by its real-token count."""
+    if len(parts) == 1:
+        return parts[0][1]
+    total = max(1, sum(n for n, _ in parts))
+    keys = set.intersection(*(set(st) for _, st in parts))
+    return {k: sum(st[k] * n for n, st in parts) / total for k in keys}
+
+
 def sequence_level_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """RLOO control: every real token gets the whole sequence's return. (B, T)"""
     total = (rewards * mask).sum(-1, keepdim=True)  # (B, 1)
@@ -63,7 +72,10 @@ class RLModule(L.LightningModule):
         grad_clip: float = 1.0,
         max_bad_steps: int = 5,
         optimizer: str = "adamw",
+        prefix_sharing: bool = True,
+        micro_batch: int | None = None,
         verify: Callable | None = None,
+        check_params: Callable | None = None,
     ):
         super().__init__()
         if kl not in ("k1", "k3", "none"):
@@ -78,6 +90,10 @@ class RLModule(L.LightningModule):
                 f"sampler.top_p={sampler.top_p} during RL rollouts: nucleus sampling draws from a truncated "
                 "pi_theta, so REINFORCE on it is biased. Set sampler.top_p=1.0 for RL"
             )
+        if micro_batch is not None and int(micro_batch) < 1:
+            raise ValueError(
+                f"micro_batch={micro_batch}: prompts per backward pass must be >= 1 (or null: all)"
+            )
         if k < 2 and advantage == "loo":
             raise ValueError(
                 "advantage=loo needs k >= 2 samples per prompt: set the stage's module.k, e.g. dpr.module.k=8"
@@ -87,7 +103,8 @@ class RLModule(L.LightningModule):
         self.sampler = sampler
         self.prompts = prompts
         self.verify = verify  # (prompt indices, SampleBatch) -> {metric: per-sample values}
-        self.save_hyperparameters(ignore=["policy", "reward", "sampler", "prompts", "verify"])
+        self.check_params = check_params  # shared base: asserts that exactly the policy adapter trains
+        self.save_hyperparameters(ignore=["policy", "reward", "sampler", "prompts", "verify", "check_params"])
         self.automatic_optimization = False
         self.generated_tokens = 0
         self.trained_tokens = 0
@@ -102,18 +119,31 @@ class RLModule(L.LightningModule):
             self.policy, prompts, k=self.hparams.k
         )  # the sampler's decoding settings
 
-    def policy_logp(self, b) -> torch.Tensor:
+    @property
+    def group(self) -> int:
+        """Rows per prompt group for prefix sharing (models.prefix): k, or 1 (unshared)."""
+        return int(self.hparams.k) if self.hparams.prefix_sharing else 1
+
+    def policy_logp(self, b, rows: slice | None = None) -> torch.Tensor:
         # Why eval mode: the samples came from the policy without dropout; a train-mode forward with
-        # dropout > 0 would score them under another policy (off-policy). Gradients flow either way.
+        # dropout > 0 would score them under another policy (off-policy). Gradients flow either way, and
+        # gradient checkpointing still applies (models.prefix.checkpointing_in_eval).
         self.policy.eval()
+        rows = rows or slice(None)
         return response_logprobs(
             self.policy,
-            b.prompt_ids,
-            b.prompt_mask,
-            b.response_ids,
-            b.response_mask,
+            b.prompt_ids[rows],
+            b.prompt_mask[rows],
+            b.response_ids[rows],
+            b.response_mask[rows],
             temperature=self.sampler.temperature,  # tempered like the samples: the update stays on-policy
+            group=self.group,
         ).logp
+
+    def row_chunks(self, n_rows: int) -> list[slice]:
+        """The update's micro-batches: `micro_batch` prompts (k rows each) per backward pass."""
+        per = n_rows if not self.hparams.micro_batch else int(self.hparams.micro_batch) * int(self.hparams.k)
+        return [slice(i, min(i + per, n_rows)) for i in range(0, n_rows, per)]
 
     def advantages_for(self, rewards, mask):
         hp = self.hparams
@@ -144,44 +174,59 @@ class RLModule(L.LightningModule):
         b = self.sample(prompt_idx).to(self.device)
         mask = b.response_mask.float()  # (B, T)
         t_gen = time.perf_counter()
-        r = self.reward.score_full(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
+        r = self.reward.score_full(
+            b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, group=self.group
+        )
         rewards = r.rewards.float()  # (B, T)
         t_score = time.perf_counter()
+        if self.check_params is not None:
+            self.check_params()
 
-        logp = self.policy_logp(b)  # (B, T) with grad
-        old_logp = logp.detach()
+        chunks = self.row_chunks(mask.shape[0])
+        if len(chunks) == 1:
+            logp = self.policy_logp(b)  # (B, T) with grad
+            old_logp = logp.detach()
+        else:  # micro-batches: the whole batch's log-probs first (no grad), each chunk's backward later
+            logp = None
+            with torch.no_grad():
+                old_logp = torch.cat([self.policy_logp(b, c) for c in chunks])
         if hp.kl == "k1" and hp.kl_coef:
             rewards = k1_in_reward(rewards, old_logp, r.logp_sft.float(), hp.kl_coef, mask=mask)
         returns, adv = self.advantages_for(rewards, mask)
         # DDP averages gradients over ranks (equal local batches), so a rank normalises its local
         # sum by its own sequence count (seq_mean) or by the all-reduced token count / world size
-        # (token_mean): the average of the rank gradients is then the union-batch gradient.
-        n_seqs, token_count = None, None
+        # (token_mean): the average of the rank gradients is then the union-batch gradient. Micro-batches
+        # use the whole local batch's normaliser, so their summed gradients equal the one-pass gradient.
+        n_seqs, token_count = mask.shape[0], mask.sum().detach()
         if hp.norm == "token_mean" and self._world() > 1:
             tok = mask.sum().detach().clone()
             torch.distributed.all_reduce(tok)
             token_count = tok / self._world()
 
         for epoch in range(max(1, hp.ppo_epochs)):
-            if epoch > 0:
-                logp = self.policy_logp(b)
-            kl = kl_k3(logp, r.logp_sft.float()) * mask if hp.kl == "k3" else None
-            loss, stats = policy_gradient_loss(
-                logp,
-                adv,
-                mask,
-                n_seqs=n_seqs,
-                token_count=token_count,
-                norm=hp.norm,
-                kl=kl,
-                kl_coef=hp.kl_coef if hp.kl == "k3" else 0.0,
-                old_logp=old_logp if hp.clip_eps is not None else None,
-                clip_eps=hp.clip_eps,
-            )
-            if not torch.isfinite(loss):
-                return self._bad_step("loss", opt)
             opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            loss, parts = torch.zeros((), device=mask.device), []
+            for c in chunks:
+                lp = logp if (logp is not None and epoch == 0) else self.policy_logp(b, c)
+                kl = kl_k3(lp, r.logp_sft[c].float()) * mask[c] if hp.kl == "k3" else None
+                part, stats = policy_gradient_loss(
+                    lp,
+                    adv[c],
+                    mask[c],
+                    n_seqs=n_seqs,
+                    token_count=token_count,
+                    norm=hp.norm,
+                    kl=kl,
+                    kl_coef=hp.kl_coef if hp.kl == "k3" else 0.0,
+                    old_logp=old_logp[c] if hp.clip_eps is not None else None,
+                    clip_eps=hp.clip_eps,
+                )
+                if not torch.isfinite(part):
+                    return self._bad_step("loss", opt)
+                self.manual_backward(part)
+                loss = loss + part.detach()
+                parts.append((int(mask[c].sum()), stats))
+            stats = _token_weighted(parts)
             gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.grad_clip)
             if not torch.isfinite(gnorm):
                 return self._bad_step("gradient", opt)

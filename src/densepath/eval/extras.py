@@ -47,9 +47,13 @@ class RewardExtra(EntropyExtra):
         out = self.reward.score_full(*args)
         lp = _policy_logp(self.policy, b)
         m = b.response_mask.float()
+        ref, adapter = self.reward.sft_model()
         return {
             "reward": (out.rewards.float() * m).sum(-1).cpu().numpy(),
             "kl_to_sft": ((lp.float() - out.logp_sft.float()) * m).sum(-1).cpu().numpy(),
-            "kl_exact": (exact_kl(self.policy, self.reward.sft, *args).float() * m).sum(-1).cpu().numpy(),
+            "kl_exact": (exact_kl(self.policy, ref, *args, ref_adapter=adapter).float() * m)
+            .sum(-1)
+            .cpu()
+            .numpy(),
             "entropy_est": entropy_per_token(lp, m),
         }

@@ -29,31 +29,30 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def prepare_policy(model, cfg_model) -> torch.nn.Module:
+def prepare_policy(model, cfg_model, device="cpu", *, start: bool = True) -> torch.nn.Module:
     """Training-time options of the `model` group: gradient checkpointing and LoRA (peft).
 
-    With `model.lora.enabled`, only the adapter weights train; saved policies are merged into plain
-    HF checkpoints (see `models.io.save_policy`), so scorers and later stages load them as usual.
+    With `model.lora.enabled`, only the adapter weights train. When `start` (SFT from the configured
+    model), the frozen base is cast to `model.base_dtype` (`models.adapters.resolve_base_dtype` for
+    `device`; the adapters and their optimiser state stay float32). A merged checkpoint (`start=False`)
+    stays float32: rounding it to bf16 would round away part of its merged adapter. Stages that continue
+    from a LoRA SFT use the shared base instead (`models.adapters.shared_base_for`). Saved policies are merged into plain float32 HF checkpoints, with the
+    adapter alone beside them (`models.io.save_policy`), so scorers and later stages load them as usual.
     """
     if cfg_model.get("gradient_checkpointing", False):
-        model.gradient_checkpointing_enable()
+        # non-reentrant: gradients also reach tensors a layer reads from a shared-prefix cache (models.prefix)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # generation re-enables the cache per call
     lora = cfg_model.get("lora") or {}
     if lora.get("enabled", False):
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=int(lora.get("r", 8)),
-                lora_alpha=int(lora.get("alpha", 16)),
-                lora_dropout=float(lora.get("dropout", 0.0)),
-                target_modules=list(lora.get("target_modules", ["q_proj", "v_proj"])),
-                task_type="CAUSAL_LM",
-            ),
-        )
+        from densepath.models.adapters import lora_config, resolve_base_dtype
+
+        dtype = resolve_base_dtype(cfg_model.get("base_dtype"), device) if start else torch.float32
+        model = get_peft_model(model.to(dtype), lora_config(lora))  # adapters are created in float32
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info("LoRA: %d trainable parameters of %d", trainable, count_params(model))
+        log.info("LoRA: %d trainable parameters of %d; base in %s", trainable, count_params(model), dtype)
     return model
 
 
@@ -71,6 +70,7 @@ class TrainOptions:
 
     gradient_checkpointing: bool = False
     lora: dict | None = None
+    base_dtype: str = "auto"  # the frozen base's dtype under LoRA: auto | float32 | bfloat16
 
 
 @dataclass

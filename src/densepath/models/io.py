@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from densepath.models import attention
+from densepath.models.adapters import save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,27 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def _plain(model):
-    """A PEFT (LoRA) model is saved merged, as a plain HF checkpoint that every loader understands."""
+    """A PEFT (LoRA) model is saved merged, as a plain HF checkpoint that every loader understands.
+
+    The active adapters are merged (the DPR policy on a shared base: `sft` + `policy`; a scorer-only
+    adapter is dropped). A bf16 base is upcast first, so the merge adds the float32 adapter delta to the
+    exact base weights instead of rounding the sum to bf16.
+    """
     try:
         from peft import PeftModel
     except ImportError:  # peft is optional
         return model
-    return copy.deepcopy(model).merge_and_unload() if isinstance(model, PeftModel) else model
+    if not isinstance(model, PeftModel):
+        return model
+    plain = copy.deepcopy(model).float()
+    for name in [n for n in plain.peft_config if n not in set(_active(plain))]:
+        plain.delete_adapter(name)
+    return plain.merge_and_unload()
+
+
+def _active(model) -> list[str]:
+    active = model.base_model.active_adapter
+    return [active] if isinstance(active, str) else list(active)
 
 
 def save_policy(model, tokenizer, path: str | Path) -> dict:
@@ -46,6 +62,7 @@ def save_policy(model, tokenizer, path: str | Path) -> dict:
     try:
         _plain(model).save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
+        save_adapter(model, tmp)  # LoRA: the adapter alone too, for DPR's shared base (models.adapters)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a partial write must not linger next to the policy
         raise

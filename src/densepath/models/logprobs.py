@@ -23,6 +23,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from densepath.models.prefix import (
+    adapter_rows,
+    checkpointing_in_eval,
+    shared_prefix_hidden,
+    supports_prefix_sharing,
+)
+
 logger = logging.getLogger(__name__)
 
 # auto chunk: 2**24 logits (64 MiB in fp32) per chunk: 341 rows at SmolLM2's 49,152 vocabulary,
@@ -203,13 +210,32 @@ def _response_hidden(
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
+    group: int = 1,
+    adapter_names: list[str] | None = None,
 ) -> torch.Tensor:
-    """The T hidden states that predict the response tokens, (B, T, H)."""
+    """The T hidden states that predict the response tokens, (B, T, H).
+
+    ``group`` > 1: rows are prompt-major groups of ``group`` copies of a prompt, which runs once
+    (`models.prefix`); models with sliding-window layers fall back to the unshared forward.
+    ``adapter_names``: one peft adapter per row (`models.prefix.adapter_rows`).
+    """
+    if group > 1 and supports_prefix_sharing(model):
+        return shared_prefix_hidden(
+            model,
+            _backbone(model),
+            prompt_ids,
+            prompt_mask,
+            response_ids,
+            response_mask,
+            group,
+            adapter_names,
+        )
     P, T = prompt_ids.shape[1], response_ids.shape[1]
     # The last response token's hidden state predicts nothing we score: drop it (causal model).
     L = P + T - 1
     inputs = build_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-    h = hidden_states(model, *(x[:, :L] for x in inputs))  # (B, L, H)
+    with adapter_rows(model, adapter_names), checkpointing_in_eval(model):
+        h = hidden_states(model, *(x[:, :L] for x in inputs))  # (B, L, H)
     return h[:, P - 1 : P + T - 1]  # (B, T, H)
 
 
@@ -223,11 +249,15 @@ def response_logprobs(
     return_values: bool = False,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    group: int = 1,
+    adapter_names: list[str] | None = None,
 ) -> TokenLogProbs:
     """Teacher-forced log pi(y_t | x, y_<t) (and optionally V(s_t)) for every response token.
 
     Differentiable w.r.t. the model parameters; logits are divided by ``temperature`` and
     half-precision ones upcast to float32 per chunk (module docstring). Zeros at masked positions.
+    ``group`` > 1 runs each of the B/group prompts once (prefix sharing, `models.prefix`);
+    ``adapter_names`` picks a peft adapter per row (frozen scorers sharing one base).
     """
     head = _checked_head(model, temperature, prompt_ids, prompt_mask, response_ids, response_mask)
     B, T = response_ids.shape
@@ -243,7 +273,9 @@ def response_logprobs(
         empty = torch.zeros(B, 0, device=response_ids.device, dtype=_compute_dtype(head.weight.dtype))
         return TokenLogProbs(logp=empty, values=empty.clone() if return_values else None)
 
-    h = _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)  # (B, T, H)
+    h = _response_hidden(
+        model, prompt_ids, prompt_mask, response_ids, response_mask, int(group), adapter_names
+    )  # (B, T, H)
     flat_h = h.reshape(B * T, h.shape[-1])  # (B*T, H)
     rows = (response_mask.reshape(-1) != 0).nonzero(as_tuple=True)[0]  # (N,)
     sel_h = flat_h.index_select(0, rows)  # (N, H)
@@ -293,16 +325,26 @@ def full_distribution_logprobs(
 
 
 @torch.no_grad()
-def exact_kl(policy: nn.Module, ref: nn.Module, *batch: torch.Tensor, chunk_size: int | None = None):
+def exact_kl(
+    policy: nn.Module,
+    ref: nn.Module,
+    *batch: torch.Tensor,
+    chunk_size: int | None = None,
+    ref_adapter: str | None = None,
+):
     """KL(policy(.|s) || ref(.|s)) over the whole vocabulary at every response state, (B, T); 0 where
     masked. Summed along a sample it is the measured KL of that path, not a one-token estimate.
 
     ``batch`` = (prompt_ids, prompt_mask, response_ids, response_mask); rows are chunked, so no full
-    (B, T, V) copy is held.
+    (B, T, V) copy is held. ``ref_adapter``: the reference is ``ref`` with that peft adapter alone (a
+    scorer on a shared base; models.adapters).
     """
     heads = [_checked_head(m, 1.0, *batch) for m in (policy, ref)]
     real = batch[3] != 0  # (B, T)
-    hs = [_response_hidden(m, *batch)[real] for m in (policy, ref)]  # (N, H) each
+    names = None if ref_adapter is None else [ref_adapter] * batch[0].shape[0]
+    hs = [
+        _response_hidden(m, *batch, adapter_names=n)[real] for m, n in ((policy, None), (ref, names))
+    ]  # (N, H) each
     step = int(chunk_size or max(1, CHUNK_ELEMENTS // int(heads[0].weight.shape[0])))
     parts = [hs[0].new_zeros(0, dtype=_compute_dtype(hs[0].dtype))]
     for s in range(0, hs[0].shape[0], step):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from densepath.models.adapters import BARE, adapter_dir
 from densepath.models.io import load_policy, sha256_file, snapshot_dir
 from densepath.models.logprobs import full_distribution_logprobs, response_logprobs
 from densepath.models.tokenizer import tokenizer_hash
@@ -58,11 +59,17 @@ class Baseline:
     def load(self, sft_dir: Path, tokenizer, device, dtype=torch.float32) -> Baseline:
         raise NotImplementedError
 
-    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask, group: int = 1) -> torch.Tensor:
         raise NotImplementedError
 
     def describe(self) -> dict:
         return {"name": self.name}
+
+    def shared_source(self, sft_dir: Path) -> tuple[Path | str | None, str | None]:
+        """For DPR's shared base (models.adapters): (the adapter dir of this pi_base, or `__base__` for the
+        bare base, or None when no model is read), and why it cannot share the base (None when it can).
+        Sets what `describe` reports without loading a model."""
+        return None, f"baseline={self.name} has no LoRA adapter"
 
 
 @dataclass
@@ -72,7 +79,7 @@ class SnapshotBaseline(Baseline):
     fraction: float = 0.5
     chunk_size: int | None = None  # None: auto (a fixed logits budget per chunk)
 
-    def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
+    def checkpoint(self, sft_dir) -> Path:
         path = snapshot_dir(Path(sft_dir) / "snapshots", float(self.fraction))
         if not (path / "config.json").exists():
             have = available_fractions(sft_dir)
@@ -81,15 +88,33 @@ class SnapshotBaseline(Baseline):
                 f"fraction; saved fractions: {have or 'none'}. Choose one of them, or rerun SFT with "
                 f"sft.snapshot_fractions=[...,{self.fraction}]"
             )
-        self.path = path
-        self.model = load_frozen(path, tokenizer, f"baseline snapshot {self.fraction}", dtype).to(device)
+        return path
+
+    def locate(self, sft_dir):
+        self.path = self.checkpoint(sft_dir)
         self.name = f"sft_frac_{float(self.fraction):.2f}"
         return self
 
+    def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
+        self.locate(sft_dir)
+        self.model = load_frozen(self.path, tokenizer, f"baseline `{self.name}`", dtype).to(device)
+        return self
+
+    def shared_source(self, sft_dir):
+        self.locate(sft_dir)
+        adapter = adapter_dir(self.path)
+        return (adapter, None) if adapter else (None, f"baseline snapshot {self.path} has no LoRA adapter")
+
     @torch.no_grad()
-    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask):
+    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask, group: int = 1):
         return response_logprobs(
-            self.model, prompt_ids, prompt_mask, response_ids, response_mask, chunk_size=self.chunk_size
+            self.model,
+            prompt_ids,
+            prompt_mask,
+            response_ids,
+            response_mask,
+            chunk_size=self.chunk_size,
+            group=group,
         ).logp
 
     def describe(self):
@@ -105,10 +130,13 @@ class BaseModelBaseline(SnapshotBaseline):
     def checkpoint(self, sft_dir) -> Path:
         return Path(sft_dir) / "snapshots" / "base"
 
-    def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
+    def locate(self, sft_dir):
         self.path = self.checkpoint(sft_dir)
-        self.model = load_frozen(self.path, tokenizer, f"baseline `{self.name}`", dtype).to(device)
         return self
+
+    def shared_source(self, sft_dir):
+        self.locate(sft_dir)
+        return BARE, None  # the shared base is this very model
 
     def describe(self):
         return {"name": self.name, **_describe(self.path)}
@@ -130,6 +158,16 @@ class HalfDataBaseline(BaseModelBaseline):
             )
         return path
 
+    def shared_source(self, sft_dir):
+        self.locate(sft_dir)
+        adapter = adapter_dir(self.path)
+        if adapter is None:
+            return None, f"the half-data model {self.path} has no LoRA adapter"
+        own, ours = self.path.parent / "snapshots" / "base", Path(sft_dir) / "snapshots" / "base"
+        if own.exists() and _describe(own)["sha256"] != _describe(ours)["sha256"]:
+            return None, f"the half-data run started from another base ({own} differs from {ours})"
+        return adapter, None
+
 
 @dataclass
 class UniformBaseline(Baseline):
@@ -142,8 +180,11 @@ class UniformBaseline(Baseline):
         self.name = "uniform"
         return self
 
-    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask):
+    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask, group: int = 1):
         return uniform_logp(response_mask, self.vocab_size, dtype=torch.float32)
+
+    def shared_source(self, sft_dir):
+        return None, None  # no model to share
 
     def describe(self):
         return {"name": "uniform", "vocab_size": self.vocab_size}
@@ -164,8 +205,11 @@ class EnsembleBaseline(Baseline):
         self.name = "ensemble_" + "_".join(f"{float(f):.2f}" for f in self.fractions)
         return self
 
+    def shared_source(self, sft_dir):
+        return None, f"baseline={self.name} (an ensemble of snapshots) is not implemented on a shared base"
+
     @torch.no_grad()
-    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask):
+    def logp(self, prompt_ids, prompt_mask, response_ids, response_mask, group: int = 1):
         full = [
             full_distribution_logprobs(m.model, prompt_ids, prompt_mask, response_ids, response_mask)
             for m in self.members

@@ -36,12 +36,24 @@ class DenseReward:
         baseline: Baseline | None,
         sft_path: Path | None = None,
         chunk_size: int | None = None,
+        shared=None,
     ):
         self.formulation = formulation
-        self.sft = freeze(sft_model)
+        self.shared = shared  # a models.adapters.SharedBase: both scorers are adapters on the policy's base
+        self.sft = freeze(sft_model) if shared is None else None
         self.baseline = baseline if formulation.uses_baseline else None
         self.sft_path = sft_path
         self.chunk_size = chunk_size
+
+    @classmethod
+    def on_shared_base(
+        cls, formulation: Formulation, baseline: Baseline | None, sft_dir: Path, tokenizer, shared
+    ) -> DenseReward:
+        """The reward whose pi_SFT and pi_base are adapters of `shared` (models.adapters). The baseline
+        must have been resolved with `baseline.shared_source(sft_dir)` (which sets what it reports)."""
+        if formulation.uses_baseline and baseline is not None and baseline.n_models == 0:
+            baseline.load(sft_dir, tokenizer, None)  # e.g. uniform: no model
+        return cls(formulation, None, baseline, Path(sft_dir) / "policy", shared=shared)
 
     @classmethod
     def load(
@@ -56,7 +68,7 @@ class DenseReward:
     ) -> DenseReward:
         """Load pi_SFT (unless `sft_model` is given: e.g. a live copy) and the baseline from an SFT
         stage dir, in the formulation's scorer dtype."""
-        dtype = getattr(torch, formulation.dtype)
+        dtype = getattr(torch, formulation.dtype or "float32")
         if sft_model is None:
             sft_model = load_frozen(Path(sft_dir) / "policy", tokenizer, "pi_SFT", dtype).to(device)
         if formulation.uses_baseline:
@@ -69,6 +81,14 @@ class DenseReward:
         else:
             log.info("reward=%s uses no baseline: recorded as baseline: none", formulation.name)
         return cls(formulation, sft_model, baseline, Path(sft_dir) / "policy")
+
+    def sft_model(self) -> tuple[object, str | None]:
+        """(model, adapter name) that computes pi_SFT: the frozen copy, or the shared base's `sft` adapter."""
+        if self.shared is not None:
+            from densepath.models.adapters import SFT
+
+            return self.shared.model, SFT
+        return self.sft, None
 
     @property
     def n_models(self) -> int:
@@ -87,22 +107,48 @@ class DenseReward:
         }
 
     @torch.no_grad()
-    def score_full(self, prompt_ids, prompt_mask, response_ids, response_mask) -> RewardOut:
+    def score_full(self, prompt_ids, prompt_mask, response_ids, response_mask, group: int = 1) -> RewardOut:
+        """Rewards and log pi_SFT of a batch; ``group`` > 1: rows are prompt-major groups of ``group``
+        samples of one prompt, whose prompt each scorer runs once (prefix sharing, models.prefix)."""
         f = self.formulation
+        batch = (prompt_ids, prompt_mask, response_ids, response_mask)
+        if self.shared is not None:
+            return self._score_shared(batch, group)
         out = response_logprobs(
-            self.sft,
-            prompt_ids,
-            prompt_mask,
-            response_ids,
-            response_mask,
-            return_values=f.needs_values,
-            chunk_size=self.chunk_size,
+            self.sft, *batch, return_values=f.needs_values, chunk_size=self.chunk_size, group=group
         )
         lb = None
         if self.baseline is not None:
-            lb = self.baseline.logp(prompt_ids, prompt_mask, response_ids, response_mask)
+            lb = self.baseline.logp(*batch, group=group)
         r = f(out.logp, response_mask, out.values, lb)
         return RewardOut(rewards=r, logp_sft=out.logp)
+
+    def _score_shared(self, batch, group: int) -> RewardOut:
+        """pi_SFT and pi_base rows stacked in one forward of the shared base, one adapter per row."""
+        f, model, B = self.formulation, self.shared.model, batch[0].shape[0]
+        with_base = self.baseline is not None and self.baseline.n_models > 0
+        was_training = model.training
+        model.eval()
+        try:
+            stacked = tuple(torch.cat([x, x]) for x in batch) if with_base else batch
+            out = response_logprobs(
+                model,
+                *stacked,
+                return_values=f.needs_values,
+                chunk_size=self.chunk_size,
+                group=group,
+                adapter_names=self.shared.scorer_rows(B, with_base),
+            )
+        finally:
+            model.train(was_training)
+        logp, values = out.logp[:B], (out.values[:B] if out.values is not None else None)
+        if with_base:
+            lb = out.logp[B:]
+        elif self.baseline is not None:
+            lb = self.baseline.logp(*batch)
+        else:
+            lb = None
+        return RewardOut(rewards=f(logp, batch[3], values, lb), logp_sft=logp)
 
     def score(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
         """(B, T) rewards aligned with the response tokens, 0 on padding."""

@@ -160,12 +160,13 @@ def ensemble_logp(
 class Formulation:
     """`reward=`: one per-token formulation and its post-processing (our defaults: scale 1, no clip).
 
-    `dtype` is the precision the frozen scorers run in (e.g. bfloat16 on GPU halves their memory).
+    `dtype` is the precision the frozen scorers run in (e.g. bfloat16 on GPU halves their memory); None:
+    float32 for separate scorer copies, the base's dtype on a shared base (models.adapters).
     """
 
     scale: float = 1.0
     clip: float | None = None
-    dtype: str = "float32"
+    dtype: str | None = None
     name: ClassVar[str] = "formulation"
     uses_baseline: ClassVar[bool] = False  # reads log pi_base (the `baseline` group)
     needs_values: ClassVar[bool] = False  # reads V(s) = logsumexp of the SFT logits

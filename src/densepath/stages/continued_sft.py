@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from densepath.data.datamodule import DemoDataModule, encode_rows
 from densepath.data.loader import consumed_indices
 from densepath.eval.extras import RewardExtra
+from densepath.models.adapters import shared_base_for
 from densepath.models.device import device_for
 from densepath.models.factory import prepare_policy
 from densepath.models.io import load_policy, save_policy
@@ -51,7 +52,14 @@ class ContinuedSFTStage(TrainingStage):
         task, tok = ctx.task, ctx.tokenizer
         sft_dir = ctx.artefact_dir("sft")
         sft_man = json.loads((sft_dir / "manifest.json").read_text())
-        policy = prepare_policy(load_policy(sft_dir / "policy")[0], cfg.model)
+        # LoRA SFT: pi_SFT's own adapter (frozen) on its base plus a fresh one, as DPR's policy; else the
+        # merged pi_SFT (float32) with a fresh LoRA, or full fine-tuning
+        device = device_for(cfg.trainer)
+        shared = shared_base_for(sft_dir, cfg.model, device, None, node.get("shared_base", "auto"))
+        if shared is not None:
+            policy = shared.model
+        else:
+            policy = prepare_policy(load_policy(sft_dir / "policy")[0], cfg.model, device, start=False)
         self.matched = dpr_compute(ctx)
         draw = self._seen_draw(ctx, sft_man) if node.demos == "seen" else task.fresh_demonstrations
         probe = encode_rows(

@@ -17,7 +17,7 @@ from densepath.eval.verifier import Verifier
 from densepath.models.device import autocast_kind, device_for
 from densepath.models.factory import prepare_policy
 from densepath.models.io import load_policy, save_policy
-from densepath.rewards.builder import build_reward
+from densepath.rewards.builder import build_on_shared_base, build_reward
 from densepath.stages.base import FitSetup, TrainingStage, compute
 from densepath.stages.common import build_sampler, report_best_and_last
 
@@ -28,6 +28,23 @@ def load_reward(ctx, device):
     ctx.manifest["reward"] = reward.describe()
     ctx.manifest["baseline"] = reward.baseline_name
     return reward
+
+
+def policy_and_reward(ctx, node, device):
+    """The trainable policy (pi_SFT + a fresh LoRA, or pi_SFT itself under full fine-tuning), the reward,
+    and the shared base they live on (None: separate copies). `<node>.shared_base`: auto | true | false."""
+    cfg, sft_dir = ctx.cfg, ctx.artefact_dir("sft")
+    built = build_on_shared_base(
+        cfg.reward, cfg.baseline, sft_dir, ctx.tokenizer, device, cfg.model, node.get("shared_base", "auto")
+    )
+    if built is None:
+        policy = prepare_policy(load_policy(sft_dir / "policy")[0], cfg.model, device, start=False)
+        return policy, load_reward(ctx, device), None
+    shared, reward = built
+    ctx.manifest["reward"] = reward.describe()
+    ctx.manifest["baseline"] = reward.baseline_name
+    ctx.manifest["shared_base"] = shared.describe()
+    return shared.model.to(device), reward, shared
 
 
 def selection_callback(ctx, node, sampler, stage_dir, model_attr: str) -> ValEvalCallback:
@@ -46,14 +63,17 @@ class RLStage(TrainingStage):
     def setup(self, ctx) -> FitSetup:
         cfg, node = ctx.cfg, ctx.cfg[self.name]
         self.device = device_for(cfg.trainer)
-        sft_dir = ctx.artefact_dir("sft")
-        policy = prepare_policy(load_policy(sft_dir / "policy")[0], cfg.model)
-        self.reward = load_reward(ctx, self.device)
+        policy, self.reward, shared = policy_and_reward(ctx, node, self.device)
         sampler = build_sampler(ctx)
         rows = ctx.task.splits()["rl"]
         prompts = [encode_prompt(ctx.tokenizer, ctx.task.messages(r)) for r in rows]
         module = instantiate(node.module, _partial_=True)(
-            policy, self.reward, sampler, prompts, verify=Verifier(ctx.tokenizer, ctx.task, rows)
+            policy,
+            self.reward,
+            sampler,
+            prompts,
+            verify=Verifier(ctx.tokenizer, ctx.task, rows),
+            check_params=shared.assert_trainable if shared is not None else None,
         )
         self.selection = selection_callback(ctx, node, sampler, ctx.stage_dir(self.name), "policy")
         loader = ResumableLoader(list(range(len(prompts))), node.prompts_per_step, cfg.seed)

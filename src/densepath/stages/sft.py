@@ -11,7 +11,7 @@ from densepath.callbacks.snapshots import SnapshotCallback
 from densepath.data.datamodule import DemoDataModule, encode_rows
 from densepath.eval.extras import EntropyExtra
 from densepath.eval.recovery_pass import RecoveryPass
-from densepath.models.device import autocast_kind
+from densepath.models.device import autocast_kind, device_for
 from densepath.models.factory import count_params, prepare_policy
 from densepath.models.io import save_policy
 from densepath.stages.base import FitSetup, TrainingStage
@@ -83,7 +83,7 @@ class SFTStage(TrainingStage):
         spec = instantiate(cfg.model)
         tok = run_tokenizer(ctx, spec)
         ctx.set_tokenizer(tok)
-        model = prepare_policy(spec.build(tok), cfg.model)
+        model = prepare_policy(spec.build(tok), cfg.model, device_for(cfg.trainer))
         splits = ctx.task.splits()
         rows = splits["sft"] if self.half is None else [splits["sft"][i] for i in self.half]
         train = encode_rows(tok, ctx.task, rows, dcfg.max_prompt_len, dcfg.max_response_len, "sft")
