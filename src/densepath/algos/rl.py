@@ -119,10 +119,10 @@ class RLModule(L.LightningModule):
             self.policy, prompts, k=self.hparams.k
         )  # the sampler's decoding settings
 
-    @property
-    def group(self) -> int:
-        """Rows per prompt group for prefix sharing (models.prefix): k, or 1 (unshared)."""
-        return int(self.hparams.k) if self.hparams.prefix_sharing else 1
+    def group(self, b) -> int:
+        """Rows per prompt group for prefix sharing (models.prefix): the batch's k (rows are prompt-major,
+        k per prompt: the SampleBatch contract), or 1 (unshared)."""
+        return int(b.k) if self.hparams.prefix_sharing else 1
 
     def policy_logp(self, b, rows: slice | None = None) -> torch.Tensor:
         # Why eval mode: the samples came from the policy without dropout; a train-mode forward with
@@ -137,12 +137,12 @@ class RLModule(L.LightningModule):
             b.response_ids[rows],
             b.response_mask[rows],
             temperature=self.sampler.temperature,  # tempered like the samples: the update stays on-policy
-            group=self.group,
+            group=self.group(b),
         ).logp
 
-    def row_chunks(self, n_rows: int) -> list[slice]:
+    def row_chunks(self, n_rows: int, k: int) -> list[slice]:
         """The update's micro-batches: `micro_batch` prompts (k rows each) per backward pass."""
-        per = n_rows if not self.hparams.micro_batch else int(self.hparams.micro_batch) * int(self.hparams.k)
+        per = n_rows if not self.hparams.micro_batch else int(self.hparams.micro_batch) * int(k)
         return [slice(i, min(i + per, n_rows)) for i in range(0, n_rows, per)]
 
     def advantages_for(self, rewards, mask):
@@ -175,14 +175,14 @@ class RLModule(L.LightningModule):
         mask = b.response_mask.float()  # (B, T)
         t_gen = time.perf_counter()
         r = self.reward.score_full(
-            b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, group=self.group
+            b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, group=self.group(b)
         )
         rewards = r.rewards.float()  # (B, T)
         t_score = time.perf_counter()
         if self.check_params is not None:
             self.check_params()
 
-        chunks = self.row_chunks(mask.shape[0])
+        chunks = self.row_chunks(mask.shape[0], b.k)
         if len(chunks) == 1:
             logp = self.policy_logp(b)  # (B, T) with grad
             old_logp = logp.detach()

@@ -95,9 +95,12 @@ class SnapshotBaseline(Baseline):
         self.name = f"sft_frac_{float(self.fraction):.2f}"
         return self
 
+    def role(self) -> str:
+        return f"baseline snapshot {self.fraction}"
+
     def load(self, sft_dir, tokenizer, device, dtype=torch.float32):
         self.locate(sft_dir)
-        self.model = load_frozen(self.path, tokenizer, f"baseline `{self.name}`", dtype).to(device)
+        self.model = load_frozen(self.path, tokenizer, self.role(), dtype).to(device)
         return self
 
     def shared_source(self, sft_dir):
@@ -133,6 +136,9 @@ class BaseModelBaseline(SnapshotBaseline):
     def locate(self, sft_dir):
         self.path = self.checkpoint(sft_dir)
         return self
+
+    def role(self) -> str:
+        return f"baseline `{self.name}`"
 
     def shared_source(self, sft_dir):
         self.locate(sft_dir)

@@ -7,6 +7,7 @@ whatever temperature the response was sampled at (method.md section 3).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,14 @@ log = logging.getLogger(__name__)
 class RewardOut:
     rewards: torch.Tensor  # (B, T) post-processed, 0 on padding
     logp_sft: torch.Tensor  # (B, T) log pi_SFT(y_t|s_t) at T=1 (reused as the KL reference)
+
+
+def _group_kwarg(baseline, group: int) -> dict:
+    """`group=` for baselines whose `logp` takes it (prefix sharing); user baselines written before it
+    (``logp(prompt_ids, prompt_mask, response_ids, response_mask)``) are called as before."""
+    if group <= 1:
+        return {}
+    return {"group": group} if "group" in inspect.signature(baseline.logp).parameters else {}
 
 
 class DenseReward:
@@ -119,7 +128,7 @@ class DenseReward:
         )
         lb = None
         if self.baseline is not None:
-            lb = self.baseline.logp(*batch, group=group)
+            lb = self.baseline.logp(*batch, **_group_kwarg(self.baseline, group))
         r = f(out.logp, response_mask, out.values, lb)
         return RewardOut(rewards=r, logp_sft=out.logp)
 
