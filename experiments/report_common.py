@@ -128,23 +128,35 @@ def write_outputs(out: Path, md: list[str], data: dict) -> None:
 
 
 def compare_rows(rows: dict[str, dict[str, float]], ref: str, names: Sequence[str]) -> list[dict]:
-    """Paired differences of `names` against `ref`, Holm-adjusted over this set."""
+    """Paired differences of `names` against `ref`, Holm-adjusted over this set.
+
+    `mde`: the smallest mean difference detectable with 80% power at the Holm-adjusted level, taken as the
+    strictest Holm step, alpha / m (m = comparisons in the set): a conservative planning figure, since a
+    comparison's actual Holm level depends on where its p-value ranks. Zero-variance differences (every
+    seed the same) get no p-value: `zero_variance` says so."""
     comps = [dict(name=n, **paired_differences(rows[n], rows[ref])) for n in names if n != ref and n in rows]
+    m = max(1, len(comps))
     for c, padj in zip(comps, holm([c["p"] for c in comps])):
         c["p_holm"] = padj
-        c["mde"] = min_detectable_effect(c["sd"], c["n"])
+        c["alpha_holm"] = 0.05 / m
+        c["mde"] = min_detectable_effect(c["sd"], c["n"], alpha=0.05 / m)
     return comps
 
 
 def compare_md(comps: list[dict], ref: str, unit: str) -> list[str]:
     lines = [
-        f"| vs `{ref}` | n pairs | mean diff ({unit}) | 95% CI | p (paired t) | p (Holm) | smallest detectable (80% power) |",
+        f"| vs `{ref}` | n pairs | mean diff ({unit}) | 95% CI | p (paired t) | p (Holm) | smallest detectable "
+        "(80% power, level 0.05/m) |",
         "|---|---:|---:|---|---:|---:|---:|",
     ]
     for c in comps:
+        if c.get("zero_variance"):
+            p_cells, mde = "every seed gives this difference: no test", "-"
+            p_cells = f"{p_cells} | -"
+        else:
+            p_cells, mde = f"{fmt_p(c['p'])} | {fmt_p(c['p_holm'])}", fmt(c["mde"])
         lines.append(
-            f"| {c['name']} | {c['n']} | {fmt(c['mean'])} | [{fmt(c['lo'])}, {fmt(c['hi'])}] | {fmt_p(c['p'])} | "
-            f"{fmt_p(c['p_holm'])} | {fmt(c['mde'])} |"
+            f"| {c['name']} | {c['n']} | {fmt(c['mean'])} | [{fmt(c['lo'])}, {fmt(c['hi'])}] | {p_cells} | {mde} |"
         )
     return lines
 

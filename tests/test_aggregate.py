@@ -246,3 +246,30 @@ def test_single_seed_has_no_interval(tmp_path: Path):
     assert stats["reward=logprob"]["paired"]["mean_diff"] == pytest.approx(0.25)
     md = (tmp_path / "agg" / "summary.md").read_text()
     assert "| `reward=logprob` | 1 | 1 | 0.5000 | n/a | n/a |" in md
+
+
+def test_zero_variance_differences_get_no_p_value():
+    r = paired_differences({1: 0.5, 2: 0.7, 3: 0.6}, {1: 0.4, 2: 0.6, 3: 0.5})  # +0.1 on every seed
+    assert r["zero_variance"] and math.isnan(r["p"]) and r["mean"] == pytest.approx(0.1)
+    same = paired_differences({1: 0.5, 2: 0.7}, {1: 0.5, 2: 0.7})
+    assert same["zero_variance"] and math.isnan(same["p"])
+    assert not paired_differences({1: 0.5, 2: 0.7}, {1: 0.4, 2: 0.5})["zero_variance"]
+
+
+def test_study_comparisons_use_the_holm_level_and_say_when_every_seed_agrees():
+    from experiments.report_common import compare_md, compare_rows
+
+    rows = {
+        "ref": {1: 0.40, 2: 0.50, 3: 0.45, 4: 0.55},
+        "a": {1: 0.45, 2: 0.58, 3: 0.47, 4: 0.61},
+        "b": {1: 0.41, 2: 0.49, 3: 0.48, 4: 0.54},
+        "c": {1: 0.50, 2: 0.60, 3: 0.55, 4: 0.65},  # +0.10 on every seed
+    }
+    comps = {c["name"]: c for c in compare_rows(rows, "ref", ["a", "b", "c"])}
+    a = comps["a"]
+    assert a["alpha_holm"] == pytest.approx(0.05 / 3)
+    assert a["mde"] == pytest.approx(min_detectable_effect(a["sd"], 4, alpha=0.05 / 3))
+    assert a["mde"] > min_detectable_effect(a["sd"], 4)  # stricter than the unadjusted level
+    assert comps["c"]["zero_variance"] and math.isnan(comps["c"]["p_holm"])
+    md = "\n".join(compare_md(list(comps.values()), "ref", "success"))
+    assert "every seed gives this difference: no test" in md and "nan" not in md

@@ -73,11 +73,12 @@ def paired_differences(
     from scipy import stats
 
     sd = float(d.std(ddof=1))
-    if sd == 0:
-        p = 0.0 if mean != 0 else 1.0
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # every seed gives the same difference (up to float rounding):
+        # a t-test has nothing to say (no p-value)
+        return {**out, "p": math.nan, "sd": 0.0, "zero_variance": True}
     else:
         p = min(1.0, 2.0 * float(stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)))
-    return {**out, "p": p, "sd": sd}
+    return {**out, "p": p, "sd": sd, "zero_variance": False}
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
