@@ -17,10 +17,14 @@ logger = logging.getLogger(__name__)
 BENCHMARKS: dict[str, str] = {
     "scoring": "benchmarks.scoring",
     "dpr_vs_trl": "benchmarks.dpr_vs_trl",
+    "dpr_lora_vs_trl": "benchmarks.dpr_lora_vs_trl",
     "sft_overhead": "benchmarks.sft_overhead",
     "flops": "benchmarks.flops",
     "generation": "benchmarks.generation",
     "e2e": "benchmarks.e2e",
+    "gpu_check": "benchmarks.gpu_check",
+    "sft_lora": "benchmarks.sft_lora",
+    "shared_base": "benchmarks.shared_base",
 }
 
 

@@ -471,7 +471,7 @@ def summarize(cfg: RLBenchConfig, res: dict) -> tuple[str, float]:
         rows.append([side] + [med[side][c] for c in cols] + [cfg.tokens_per_step / med[side]["step"]])
     rows.append(
         ["densepath/trl"]
-        + [med["densepath"][c] / med["trl"][c] if med["trl"][c] else float("nan") for c in cols]
+        + [med["densepath"][c] / med["trl"][c] if med["trl"][c] else "-" for c in cols]
         + [""]
     )
     lines.append(
