@@ -27,4 +27,5 @@ def test_memory_arms_hold_one_base_instead_of_three():
     assert all(r["generated"] == TINY.rows * TINY.new_tokens for r in rows.values())
     text, checks = summarize_memory(TINY, rows)
     assert len(checks) == 1 and "peak" in text
-    assert rows["shared"]["peak_mib"] > 0 and rows["separate"]["peak_mib"] > rows["shared"]["peak_mib"]
+    assert 0 < rows["shared"]["total_mib"] < rows["separate"]["total_mib"]
+    assert all(r["raw_peak_mib"] > 0 and r["step_extra_mib"] >= 0 for r in rows.values())
