@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import tiny_llama
 from densepath.models.logprobs import response_logprobs
 from densepath.models.prefix import checkpointing_in_eval, prompt_groups, supports_prefix_sharing
 
@@ -15,17 +15,7 @@ K, G, P, T, V = 3, 2, 7, 6, 41
 
 
 def _model(seed=0):
-    cfg = LlamaConfig(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).float().eval()
+    return tiny_llama(seed, vocab=V).float()  # the shared float64 reference model, in fp32
 
 
 def _batch(seed=1):
