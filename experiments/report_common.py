@@ -87,6 +87,19 @@ def seeds_of(jobs) -> str:
     return ", ".join(sorted({str(j["seed"]) for j in jobs}, key=seed_sort_key))
 
 
+def wall_hours(jobs) -> float:
+    """Summed wall-clock hours of the jobs' stages (`<stage>/time_s`), all jobs together."""
+    return (
+        sum(
+            float(v)
+            for j in jobs
+            for k, v in j["metrics"].items()
+            if k.count("/") == 1 and k.endswith("/time_s")
+        )
+        / 3600.0
+    )
+
+
 def failures_md(others: list[dict[str, Any]]) -> list[str]:
     if not others:
         return []
@@ -143,9 +156,26 @@ def compare_rows(rows: dict[str, dict[str, float]], ref: str, names: Sequence[st
     return comps
 
 
-def compare_md(comps: list[dict], ref: str, unit: str) -> list[str]:
+def compare_pairs(rows: dict[str, dict[str, float]], pairs: Sequence[tuple[str, str]]) -> list[dict]:
+    """Paired differences a - b for each (a, b) in `pairs` present in `rows`, Holm-adjusted over the set,
+    as :func:`compare_rows` (each entry's `name` is "a − b")."""
+    comps = [
+        dict(name=f"{a} − {b}", **paired_differences(rows[a], rows[b]))
+        for a, b in pairs
+        if a in rows and b in rows
+    ]
+    m = max(1, len(comps))
+    for c, padj in zip(comps, holm([c["p"] for c in comps])):
+        c["p_holm"] = padj
+        c["alpha_holm"] = 0.05 / m
+        c["mde"] = min_detectable_effect(c["sd"], c["n"], alpha=0.05 / m)
+    return comps
+
+
+def compare_md(comps: list[dict], ref: str | None, unit: str) -> list[str]:
+    """The table of :func:`compare_rows` (`ref` names the reference) or :func:`compare_pairs` (ref None)."""
     lines = [
-        f"| vs `{ref}` | n pairs | mean diff ({unit}) | 95% CI | p (paired t) | p (Holm) | smallest detectable "
+        f"| {'comparison' if ref is None else f'vs `{ref}`'} | n pairs | mean diff ({unit}) | 95% CI | p (paired t) | p (Holm) | smallest detectable "
         "(80% power, level 0.05/m) |",
         "|---|---:|---:|---|---:|---:|---:|",
     ]
@@ -187,6 +217,178 @@ def chosen_decoders(jobs, p: str) -> str:
         if man.exists():
             out.append(json.loads(man.read_text()).get("chosen", {}).get(p))
     return ", ".join(d for d in out if d) or "-"
+
+
+# --------------------------------------------------------------------------- decoders and their cost
+
+
+def is_single(decoder: str) -> bool:
+    return decoder == "greedy" or (decoder.startswith("T") and decoder[1:].replace(".", "", 1).isdigit())
+
+
+def decoders_of(jobs, p: str, head: str) -> list[str]:
+    """The `decode` stage's decoders of policy `p` with an eval `head` in some job, in first-seen order."""
+    out: dict[str, None] = {}
+    pre = f"decode/{p}/eval/"
+    for j in jobs:
+        for k in j["metrics"]:
+            if k.startswith(pre) and k.endswith(f"/{head}") and k.count("/") == 4:
+                out.setdefault(k[len(pre) : -len(head) - 1])
+    return list(out)
+
+
+def once_choice(
+    jobs, p: str, head: str, higher_is_better: bool = True
+) -> dict[str, tuple[str, float, float]]:
+    """{seed: (decoder, eval `head`, eval cost)} of policy `p` decoded once: the single decode (greedy or a
+    temperature) with the best `val` score in that seed (ties: the cheaper, then greedy), as the `decode`
+    stage chooses among all its decoders."""
+    from densepath.stages.decode import choose
+
+    out = {}
+    for j in jobs:
+        m, pre = j["metrics"], f"decode/{p}"
+        decs = [d for d in decoders_of([j], p, head) if is_single(d) and f"{pre}/val/{d}/{head}" in m]
+        if not decs:
+            continue
+        val = {d: float(m[f"{pre}/val/{d}/{head}"]) for d in decs}
+        cost = {d: float(m.get(f"{pre}/eval/{d}/cost", math.inf)) for d in decs}
+        best = choose(val, cost, higher_is_better)
+        out[str(j["seed"])] = (best, float(m[f"{pre}/eval/{best}/{head}"]), cost[best])
+    return out
+
+
+def once_rows(jobs, p: str, head: str, higher_is_better: bool = True) -> dict[str, float]:
+    """{seed: eval `head`} of policy `p` decoded once (:func:`once_choice`)."""
+    return {s: v for s, (_, v, _) in once_choice(jobs, p, head, higher_is_better).items()}
+
+
+def frontier(jobs, p: str, head: str) -> list[dict]:
+    """Every decoder of policy `p` over seeds: {decoder, cost (mean eval cost per answer), stats (mean and
+    95% interval over seeds of the eval `head`), per_seed}, cheapest first."""
+    rows = []
+    for d in decoders_of(jobs, p, head):
+        vals = by_seed(jobs, f"decode/{p}/eval/{d}/{head}")
+        costs = list(by_seed(jobs, f"decode/{p}/eval/{d}/cost").values())
+        rows.append(
+            {
+                "decoder": d,
+                "cost": float(np.mean(costs)) if costs else math.nan,
+                "stats": summary(vals.values()),
+                "per_seed": vals,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["cost"], r["decoder"]))
+
+
+def cost_to_match(front: list[dict], target: float, higher_is_better: bool = True) -> dict | None:
+    """The cheapest decoder of `front` whose mean eval score is at least `target` (at most, when lower is
+    better): what a decoder needs, without training, to reach that score. None: no decoder reaches it."""
+    sign = 1.0 if higher_is_better else -1.0
+    for r in front:  # cheapest first
+        if sign * (r["stats"]["mean"] - target) >= 0:
+            return r
+    return None
+
+
+def frontier_md(
+    jobs, head: str, target: str = "dpr", reference: str = "sft", others: Sequence[str] = (), unit: str = ""
+) -> tuple[list[str], dict]:
+    """The score-vs-inference-cost section: `reference`'s decoders (cost, eval mean ± CI) against `target`
+    decoded once, the cost at which they first match it, and the share of `target`'s greedy answers
+    identical to `reference`'s widest-beam answer."""
+    unit = unit or head
+    front = frontier(jobs, reference, head)
+    chosen = once_choice(jobs, target, head)
+    once = summary([v for _, v, _ in chosen.values()])
+    once_cost = summary([c for _, _, c in chosen.values()])
+    match = cost_to_match(front, once["mean"]) if once["n"] else None
+    same = summary(by_seed(jobs, f"decode/{target}/greedy_same_as_mode").values())
+    md = [
+        "",
+        f"## Score against inference cost: `{reference}`'s decoders vs `{target}` decoded once",
+        "",
+        f"Cost = token positions run through a model per answer (prompt excluded), mean over seeds of the eval "
+        f"mean. `{target}` decoded once = its single decode (greedy or a temperature) best on `val` in each seed.",
+        "",
+        f"| decoder | cost / answer | eval {unit} (mean ± 95% CI over seeds) | ≥ `{target}` once? |",
+        "|---|---:|---|---|",
+    ]
+    for r in front:
+        ok = "yes" if once["n"] and r["stats"]["mean"] >= once["mean"] else "no"
+        md.append(f"| {reference} {r['decoder']} | {fmt(r['cost'], 1)} | {fmt_ci(r['stats'])} | {ok} |")
+    decs = ", ".join(d for d, _, _ in chosen.values())
+    md.append(f"| **{target} once (val)**: {decs} | {fmt(once_cost['mean'], 1)} | {fmt_ci(once)} | |")
+    for o in others:
+        ch = once_choice(jobs, o, head)
+        if ch:
+            st, cost = summary([v for _, v, _ in ch.values()]), float(np.mean([c for _, _, c in ch.values()]))
+            md.append(f"| {o} once (val) | {fmt(cost, 1)} | {fmt_ci(st)} | |")
+    if match is None:
+        best = max(front, key=lambda r: r["stats"]["mean"]) if front else None
+        line = (
+            f"**No decoder of `{reference}` reaches `{target}` decoded once** (the best: "
+            f"{best['decoder']}, {fmt(best['stats']['mean'])} at cost {fmt(best['cost'], 1)})."
+            if best
+            else f"`{reference}` has no decoder rows."
+        )
+    else:
+        ratio = match["cost"] / once_cost["mean"]
+        line = (
+            f"**`{reference}`'s decoders first match `{target}` decoded once at cost {fmt(match['cost'], 1)} "
+            f"per answer** ({match['decoder']}: {fmt(match['stats']['mean'])} ≥ {fmt(once['mean'])}), "
+            f"{fmt(ratio, 1)}× `{target}`'s cost"
+            + (
+                f": a decode of `{reference}` at no extra cost already scores as well, so `{target}` saves nothing "
+                "at inference."
+                if ratio <= 1.05
+                else f": that is what `{target}` saves at inference."
+            )
+        )
+    md += [
+        "",
+        line,
+        "",
+        f"Share of `{target}`'s greedy eval answers identical to `{reference}`'s widest-beam answer: "
+        f"{fmt_ci(same)} (n = {same['n']} seeds).",
+    ]
+    return md, {"frontier": front, "once": once, "once_cost": once_cost, "match": match, "same_as_mode": same}
+
+
+def plot_frontier(ax, jobs, head: str, policies: Sequence[str], ylabel: str = "") -> None:
+    """Eval score (mean over seeds, 95% CI bars) against cost per answer (log x): every decoder of each
+    policy, its single decodes filled, the rest hollow; the line joins each policy's decoders by cost."""
+    drawn = 0
+    for i, p in enumerate(policies):
+        front = frontier(jobs, p, head)
+        if not front:
+            continue
+        drawn += 1
+        c = f"C{i % 10}"
+        xs = [r["cost"] for r in front]
+        ys = [r["stats"]["mean"] for r in front]
+        err = [r["stats"]["ci95"] if math.isfinite(r["stats"]["ci95"]) else 0.0 for r in front]
+        ax.plot(xs, ys, color=c, lw=1, alpha=0.6)
+        for r, x, y, e in zip(front, xs, ys, err):
+            single = is_single(r["decoder"])
+            ax.errorbar(
+                x,
+                y,
+                yerr=e,
+                fmt="o" if single else "s",
+                color=c,
+                mfc=c if single else "white",
+                capsize=2,
+                ms=5,
+            )
+        ax.plot([], [], "o-", color=c, label=p)
+    ax.set_xscale("log")
+    ax.set_xlabel("inference cost per answer (token positions, log)")
+    ax.set_ylabel(ylabel or head)
+    ax.set_title("score vs inference cost (filled: decoded once)", fontsize=10)
+    if drawn:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
 
 
 # --------------------------------------------------------------------------- command line

@@ -172,6 +172,26 @@ def test_controls_interpolate_dpr():
     assert cfg.rloo.module.kl_coef == 0.25 and cfg.rloo.module.k == 4
     assert cfg.rloo.module.sequence_level is True and cfg.dpr.module.sequence_level is False
     assert cfg.continued_sft.steps == 17 and cfg.continued_sft.k == 4
+    assert cfg.continued_sft_seen.steps == 17 and cfg.continued_sft_seen.k == 4
+
+
+def test_study_pipelines_run_both_continued_sft_controls():
+    """experiment=main / beyond continue SFT on fresh and on seen demonstrations at the same settings;
+    experiment=beyond_ratio is DPR on log_ratio from a parent run, then its own decoders."""
+    for exp in ("main", "main_paths", "beyond"):
+        cfg = compose_cfg([f"experiment={exp}", "continued_sft.module.lr=2e-4"], None)
+        stages = list(cfg.pipeline.stages)
+        assert stages.index("continued_sft") + 1 == stages.index("continued_sft_seen"), exp
+        assert (cfg.continued_sft.demos, cfg.continued_sft_seen.demos) == ("fresh", "seen")
+        assert cfg.continued_sft_seen.module.lr == 2e-4 and cfg.continued_sft_seen.module.loss == "nll"
+        assert cfg.pipeline.stages.continued_sft_seen._target_.endswith("ContinuedSFTStage")
+    beyond = compose_cfg(["experiment=beyond"], None)
+    assert beyond.data._target_.endswith("KnownRewardTask") and beyond.data.starts == "all"  # broadened
+    assert beyond.sft.half_data is True and beyond.reward._target_.endswith("LogProb")
+    ratio = compose_cfg(["experiment=beyond_ratio", "baseline=half_data"], None)
+    assert list(ratio.pipeline.stages) == ["dpr", "decode", "comparison"]
+    assert ratio.reward._target_.endswith("LogRatio") and list(ratio.decode.policies) == ["dpr"]
+    assert compose_cfg(["experiment=main_paths"], None).data.families == ["path"]
 
 
 def test_decoding_settings_have_one_home():

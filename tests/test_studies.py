@@ -127,3 +127,146 @@ def test_read_curves_takes_the_logged_training_rows(tmp_path: Path):
     c = read_curves(tmp_path / "job")
     assert c["step"].tolist() == [0.0, 1.0] and c["train/reward"].tolist() == [1.5, 2.5]
     assert c["train/true_success"].tolist() == [0.25, 0.5]
+
+
+def _decode_metrics(p: str, table: dict[str, tuple[float, float, float]]) -> dict:
+    """decode/<p>/{val,eval}/<decoder>/success and eval cost from {decoder: (val, eval, cost)}."""
+    m = {}
+    for d, (v, e, c) in table.items():
+        m[f"decode/{p}/val/{d}/success"] = v
+        m[f"decode/{p}/eval/{d}/success"] = e
+        m[f"decode/{p}/eval/{d}/cost"] = c
+    return m
+
+
+def _frontier_jobs() -> list[dict]:
+    jobs = []
+    for s in range(3):
+        m = _decode_metrics(
+            "sft",
+            {
+                "greedy": (0.50, 0.40, 10.0),
+                "T0.5": (0.60, 0.45 + 0.01 * s, 10.0),  # the best single decode on val
+                "T1": (0.30, 0.35, 10.0),
+                "beam4": (0.90, 0.60, 40.0),
+                "beam16": (0.95, 0.70, 160.0),
+            },
+        )
+        m.update(_decode_metrics("dpr", {"greedy": (0.7, 0.55 + 0.02 * s, 9.0), "T1": (0.7, 0.9, 11.0)}))
+        m["decode/dpr/greedy_same_as_mode"] = 0.25
+        jobs.append({"seed": str(s), "metrics": m, "dir": Path(f"seed{s}")})
+    return jobs
+
+
+def test_once_choice_takes_the_best_single_decode_on_val_with_ties_to_the_cheaper():
+    from experiments.report_common import cost_to_match, frontier, once_choice, once_rows
+
+    jobs = _frontier_jobs()
+    assert once_rows(jobs, "sft", "success") == pytest.approx({"0": 0.45, "1": 0.46, "2": 0.47})
+    # dpr: greedy and T1 tie on val (0.7): the cheaper (greedy, 9 < 11) is taken, not T1's better eval
+    assert once_choice(jobs, "dpr", "success")["1"] == ("greedy", pytest.approx(0.57), 9.0)
+    front = frontier(jobs, "sft", "success")
+    assert [r["decoder"] for r in front] == ["T0.5", "T1", "greedy", "beam4", "beam16"]  # by cost, then name
+    # dpr once: mean 0.57; beam4 (0.60, cost 40) is the cheapest sft decoder at or above it
+    assert cost_to_match(front, 0.57)["decoder"] == "beam4"
+    assert cost_to_match(front, 0.71) is None
+    assert cost_to_match(front, 0.45, higher_is_better=False)["decoder"] == "T1"  # lower is better: 0.35
+
+
+def test_frontier_md_reports_the_matching_cost_and_the_share_of_mode_answers():
+    from experiments.report_common import frontier_md
+
+    md, data = frontier_md(_frontier_jobs(), "success")
+    text = "\n".join(md)
+    assert "first match `dpr` decoded once at cost 40.0 per answer** (beam4: 0.600 ≥ 0.570), 4.4×" in text
+    assert "| sft beam4 | 40.0 | 0.600 ± 0.000 | yes |" in text
+    assert "| sft T0.5 | 10.0 |" in text and "| no |" in text
+    assert "identical to `sft`'s widest-beam answer: 0.250" in text
+    assert data["once_cost"]["mean"] == 9.0
+    # no sft decoder reaches it: said so, with the best one
+    jobs = _frontier_jobs()
+    for j in jobs:
+        j["metrics"]["decode/dpr/eval/greedy/success"] = 0.99
+    text = "\n".join(frontier_md(jobs, "success")[0])
+    assert "No decoder of `sft` reaches `dpr` decoded once** (the best: beam16, 0.700 at cost 160.0)" in text
+
+
+def test_compare_pairs_is_holm_adjusted_against_scipy():
+    from scipy import stats
+
+    from experiments.report_common import compare_pairs
+
+    rows = {
+        "a": {"0": 1.0, "1": 1.3, "2": 1.1, "3": 1.6},
+        "b": {"0": 0.5, "1": 0.6, "2": 0.9, "3": 0.7},
+        "c": {"0": 0.9, "1": 1.0, "2": 1.2, "3": 1.1},
+    }
+    comps = compare_pairs(rows, [("a", "b"), ("a", "c"), ("a", "missing")])
+    assert [c["name"] for c in comps] == ["a − b", "a − c"]  # a pair without rows is left out
+    p = [stats.ttest_rel(list(rows["a"].values()), list(rows[r].values())).pvalue for r in ("b", "c")]
+    assert [c["p"] for c in comps] == pytest.approx(p)
+    lo, hi = sorted(range(2), key=lambda i: p[i])
+    assert comps[lo]["p_holm"] == pytest.approx(min(1, 2 * p[lo]))
+    assert comps[hi]["p_holm"] == pytest.approx(max(min(1, 2 * p[lo]), p[hi]))
+    assert all(c["alpha_holm"] == 0.025 for c in comps)
+
+
+def test_beyond_report_pairs_every_arm_by_seed_within_each_condition(tmp_path: Path):
+    from experiments.beyond.report import report_beyond
+
+    study = tmp_path / "beyond"
+    sft = [7.0, 7.5, 8.0]
+    dpr = [8.0, 8.8, 9.1]
+    ratio = {"sft_half": [7.1, 7.4, 8.3], "half_data": [6.9, 7.7, 8.0]}
+    for s in range(3):
+        m = {"sft/eval/expert_true_return": 5.0 + s, "sft/eval/best_true_return": 10.0 + s, "sft/time_s": 3600.0}
+        for p, v in (("sft", sft[s]), ("dpr", dpr[s]), ("continued_sft", sft[s] + 0.1)):
+            m[f"decode/{p}/val/greedy/true_return"] = v
+            m[f"decode/{p}/eval/greedy/true_return"] = v
+            m[f"decode/{p}/eval/greedy/cost"] = 7.0
+        m["decode/sft/val/beam4/true_return"] = sft[s] + 0.5
+        m["decode/sft/eval/beam4/true_return"] = sft[s] + 0.5
+        m["decode/sft/eval/beam4/cost"] = 30.0
+        m["decode/sft/best/true_return"] = sft[s] + 0.5
+        _job(study / "soft", f"seed{s}", ["experiment=beyond", f"seed={s}"], m)
+        for b, v in ratio.items():
+            r = {"decode/dpr/val/greedy/true_return": v[s], "decode/dpr/eval/greedy/true_return": v[s]}
+            r["decode/dpr/eval/greedy/cost"] = 7.0
+            ov = ["experiment=beyond_ratio", f"seed={s}", f"baseline={b}", "parent_run=x/seed${seed}"]
+            _job(study / "soft" / "ratio", f"baseline={b},seed={s}", ov, r)
+    out = tmp_path / "out"
+    report_beyond(study, out)
+    md = (out / "results.md").read_text()
+    d = np.array(dpr) - np.array(sft)
+    m_, h = t_interval(d)
+    assert f"| soft | 3 | 6.000 ± 2.484 | {np.mean(sft):.3f} ±" in md  # expert 5, 6, 7
+    assert f"| {m_:.3f} [{m_ - h:.3f}, {m_ + h:.3f}] |" in md
+    for b, v in ratio.items():
+        dm, dh = t_interval(np.array(v) - np.array(sft))
+        assert f"| dpr log_ratio@{b} once (val) − sft once (val) | 3 | {dm:.3f} | [{dm - dh:.3f}, {dm + dh:.3f}]" in md
+    # dpr once (8.633) > sft beam4 (8.0): no sft decoder matches; wall time 3 jobs x 1 h
+    assert "none of SFT's decoders" in md and "Wall time: 3.00 h" in md
+    assert (out / "beyond.png").stat().st_size > 0
+
+
+def test_main_report_asks_the_question_dpr_once_against_sft_once_and_both_controls(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    for j in _frontier_jobs():
+        m = dict(j["metrics"])
+        s = int(j["seed"])
+        for p, v in (("continued_sft", 0.44), ("continued_sft_seen", 0.43 + 0.02 * s), ("rloo", 0.5)):
+            m.update(_decode_metrics(p, {"greedy": (0.5, v, 10.0)}))
+        for p in ("sft", "dpr", "continued_sft", "continued_sft_seen", "rloo"):
+            m[f"{p}/eval/sampled/success"] = 0.3
+            m[f"{p}/val/best_step"] = 0 if p == "continued_sft_seen" else 50
+        _job(sweep, f"seed{s}", ["experiment=main", f"seed={s}"], m)
+    out = tmp_path / "out"
+    report_main(sweep, out)
+    md = (out / "results.md").read_text()
+    dpr, sft, seen = np.array([0.55, 0.57, 0.59]), np.array([0.45, 0.46, 0.47]), np.array([0.43, 0.45, 0.47])
+    for ref, vals in (("sft", sft), ("continued_sft_seen", seen)):
+        dm, dh = t_interval(dpr - vals)
+        assert f"| dpr once (val) − {ref} once (val) | 3 | {dm:.3f} | [{dm - dh:.3f}, {dm + dh:.3f}] |" in md
+    assert "Holm over 4)" in md  # sft, continued_sft, continued_sft_seen, rloo
+    assert "first match `dpr` decoded once at cost 40.0" in md
+    assert "Step 0 was best on `val` in most seeds for continued_sft_seen**" in md

@@ -1,161 +1,235 @@
-"""Tables and plot of the beyond-the-demonstrator study (known-reward MDP, 5 seeds).
+"""Tables and plot of the beyond-the-demonstrator study (the broadened known-reward benchmark).
 
-`python -m experiments.beyond.report outputs/studies/beyond --out experiments/beyond` writes results.md,
-results.json and beyond.png; see :mod:`experiments.report_common` for the statistics.
+`python -m experiments.beyond.report outputs/studies/beyond --out experiments/beyond` reads every condition
+under the study dir (`<cond>/seed<k>`: experiment=beyond; `<cond>/ratio/...`: experiment=beyond_ratio) and
+writes results.md, results.json and beyond.png; see :mod:`experiments.report_common` for the statistics.
+Each seed draws its own hidden reward table, so the expert's return differs by seed: every comparison is
+paired by seed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from experiments.report_common import (
-    bar_ci,
     by_seed,
-    chosen_decoders,
     compare_md,
-    compare_rows,
-    failures_md,
+    compare_pairs,
     fmt,
     fmt_ci,
+    frontier_md,
     load_jobs,
     make_fig,
-    policy_rows,
+    once_rows,
+    plot_frontier,
     report_cli,
     seeds_of,
     summary,
+    wall_hours,
     write_outputs,
 )
 
-FIDELITY = (
-    "logprob",
-    "soft_bellman",
-    "log_ratio@0.10",
-    "log_ratio@0.25",
-    "log_ratio@0.50",
-    "log_ratio@0.75",
-    "log_ratio@0.90",
-    "log_ratio@base",
-    "log_ratio@uniform",
-)
+HEAD = "true_return"
+CONDITIONS = {  # the conditions of run.sh, in its order (others found under the study dir follow)
+    "soft": "soft-optimal expert (τ 1, ε 0), 20k demonstrations",
+    "tempered": "tempered expert (τ 2)",
+    "noisy": "ε-noisy expert (ε 0.2)",
+    "demos1000": "1000 demonstrations",
+    "underfit": "underfit SFT (100 of 1200 steps)",
+}
+RATIO = {"sft_half": "dpr log_ratio@sft_half", "half_data": "dpr log_ratio@half_data"}
+FIDELITY = ("logprob", "soft_bellman", "log_ratio@0.50", "log_ratio@base", "log_ratio@uniform")
 
 
-def report_beyond(sweep: Path, out: Path) -> None:
-    jobs, others = load_jobs(sweep)
-    head = "true_return"
-    m0 = jobs[0]["metrics"]
-    ref = {
-        k: m0.get(f"sft/eval/{k}") for k in ("expert_true_return", "best_true_return", "uniform_true_return")
+def load_condition(cond_dir: Path) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
+    """(experiment=beyond jobs, {baseline: experiment=beyond_ratio jobs}, unfinished jobs) of one condition."""
+    jobs, others = load_jobs(cond_dir)
+    parents = [j for j in jobs if "ratio" not in Path(j["dir"]).relative_to(cond_dir).parts]
+    ratio: dict[str, list[dict]] = {}
+    for j in jobs:
+        if j not in parents:
+            base = next(
+                (o.split("=", 1)[1] for o in j["config"].split(",") if o.startswith("baseline=")), "?"
+            )
+            ratio.setdefault(base, []).append(j)
+    return parents, ratio, others
+
+
+def condition_rows(parents: list[dict], ratio: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """{row name: {seed: eval true return}}: each policy decoded once (chosen on val), SFT's best decoder,
+    the expert's and the best possible return of that seed's table."""
+    rows = {
+        "expert (sampled)": by_seed(parents, "sft/eval/expert_true_return"),
+        "best possible": by_seed(parents, "sft/eval/best_true_return"),
+        "sft once (val)": once_rows(parents, "sft", HEAD),
+        "sft best decoder (val)": by_seed(parents, f"decode/sft/best/{HEAD}"),
+        "dpr logprob once (val)": once_rows(parents, "dpr", HEAD),
+        "continued_sft fresh once (val)": once_rows(parents, "continued_sft", HEAD),
+        "continued_sft seen once (val)": once_rows(parents, "continued_sft_seen", HEAD),
     }
-    md = [
-        "# Beyond the demonstrator (known-reward MDP): results",
-        "",
-        f"n = {len(jobs)} seeds ({seeds_of(jobs)}); `eval` split (512 prompts); mean ± 95% t-interval over seeds. "
-        "The MDP (reward table, expert) is the same for every seed; seeds change SFT data order, init and RL.",
-        "",
-        f"Reference points (exact, from the MDP): expert (soft-optimal, sampled) mean true return "
-        f"{fmt(ref['expert_true_return'])}; best possible {fmt(ref['best_true_return'])}; uniform policy "
-        f"{fmt(ref['uniform_true_return'])}.",
-        "",
-        "## Fidelity of the recovered reward",
-        "",
-        "Correlation of the recovered sequence return with the true return over 512 samples of each policy "
-        "(expert, SFT, the baseline snapshot, uniform): `within` = mean of the per-policy correlations; "
-        "`pooled` = all samples together.",
-        "",
-        "| reward | within Pearson | within Spearman | pooled Pearson | pooled Spearman | expert-samples Pearson |",
-        "|---|---|---|---|---|---|",
-    ]
-    fid = {}
-    for name in FIDELITY:
-        cells = []
-        for key in (
-            "within/pearson_mean",
-            "within/spearman_mean",
-            "pooled/pearson",
-            "pooled/spearman",
-            "expert/pearson",
-        ):
-            s = summary(by_seed(jobs, f"recover/{name}/fidelity/{key}").values())
-            fid[f"{name}/{key}"] = s
-            cells.append(fmt_ci(s))
-        md.append(f"| {name} | " + " | ".join(cells) + " |")
-    rows = policy_rows(jobs, head, ("sft", "dpr", "continued_sft"))
-    md += [
-        "",
-        "## True return",
-        "",
-        "| policy / decoding | n | true return (mean ± 95% CI) | entropy per token (T=1 samples) |",
-        "|---|---:|---|---|",
-    ]
-    stats = {}
-    for name, vals in rows.items():
-        stats[name] = summary(vals.values())
-        p = name.split()[0]
-        ent = (
-            fmt_ci(summary(by_seed(jobs, f"{p}/eval/sampled/entropy_est").values())) if "T=1" in name else ""
-        )
-        md.append(f"| {name} | {stats[name]['n']} | {fmt_ci(stats[name])} | {ent} |")
-    md.append(f"| expert (sampled) | - | {fmt(ref['expert_true_return'])} | |")
-    md.append(f"| best possible | - | {fmt(ref['best_true_return'])} | 0 |")
-    md += [
-        "",
-        "Decoders chosen on `val` per seed: "
-        + "; ".join(f"{p}: {chosen_decoders(jobs, p)}" for p in ("sft", "dpr", "continued_sft")),
-    ]
-    comps = {}
-    for refname in ("sft best decoder (val)", "sft greedy", "sft sampled T=1"):
-        names = [n for n in rows if n.startswith(("dpr", "continued_sft"))]
-        comps[refname] = compare_rows(rows, refname, names)
-        md += ["", f"### Paired differences vs `{refname}` (Holm over {len(comps[refname])} rows)", ""]
-        md += compare_md(comps[refname], refname, "true return")
-    expert = ref["expert_true_return"]
-    if expert is not None:
-        ex = {n: summary([v - expert for v in rows[n].values()]) for n in rows}
-        md += [
+    for base, name in RATIO.items():
+        rows[f"{name} once (val)"] = once_rows(ratio.get(base, []), "dpr", HEAD)
+    rows["dpr logprob, last ckpt, greedy"] = by_seed(parents, f"dpr/eval_last/greedy/{HEAD}")
+    return {k: v for k, v in rows.items() if v}
+
+
+def report_beyond(study: Path, out: Path) -> None:
+    study = Path(study)
+    if not study.is_dir():
+        raise SystemExit(f"study dir {study} does not exist: run experiments/beyond/run.sh first")
+    found = [d.name for d in sorted(study.iterdir()) if d.is_dir() and any(d.glob("seed*/DONE"))]
+    conds = [c for c in CONDITIONS if c in found] + [c for c in found if c not in CONDITIONS]
+    if not conds:
+        raise SystemExit(f"no finished experiment=beyond jobs under {study}/<condition>/seed<k>")
+    data, md_cond, hours = {}, [], 0.0
+    summary_rows = []
+    for c in conds:
+        parents, ratio, others = load_condition(study / c)
+        hours += wall_hours(parents) + sum(wall_hours(js) for js in ratio.values())
+        rows = condition_rows(parents, ratio)
+        stats = {n: summary(v.values()) for n, v in rows.items()}
+        md_cond += [
             "",
-            "### Against the expert's mean true return (one-sample, over seeds)",
+            f"## Condition `{c}`: {CONDITIONS.get(c, c)}",
             "",
-            "| policy / decoding | mean − expert | 95% CI |",
-            "|---|---:|---|",
+            f"n = {len(parents)} seeds ({seeds_of(parents)}); log_ratio runs: "
+            + ", ".join(f"{b} {len(js)}" for b, js in sorted(ratio.items()))
+            + ".",
+            "",
+            "| policy / decoding | n | eval true return (mean ± 95% CI over seeds) | − expert (paired, 95% CI) |",
+            "|---|---:|---|---|",
         ]
-        for n, s in ex.items():
-            md.append(f"| {n} | {fmt(s['mean'])} | [{fmt(s['lo'])}, {fmt(s['hi'])}] |")
-    md += failures_md(others)
-    fig = make_fig(11, 4.2)
+        expert = rows.get("expert (sampled)", {})
+        for n, v in rows.items():
+            gap = summary([v[s] - expert[s] for s in v if s in expert]) if n != "expert (sampled)" else None
+            md_cond.append(
+                f"| {n} | {stats[n]['n']} | {fmt_ci(stats[n])} | "
+                + (f"{fmt(gap['mean'])} [{fmt(gap['lo'])}, {fmt(gap['hi'])}]" if gap and gap["n"] else "")
+                + " |"
+            )
+        pairs = [
+            ("dpr logprob once (val)", "sft once (val)"),
+            ("dpr logprob once (val)", "sft best decoder (val)"),
+            ("dpr logprob once (val)", "continued_sft fresh once (val)"),
+            ("dpr logprob once (val)", "continued_sft seen once (val)"),
+        ] + [(f"{name} once (val)", "sft once (val)") for name in RATIO.values()]
+        comps = compare_pairs(rows, pairs)
+        md_cond += ["", f"Paired differences (Holm over {len(comps)}):", ""]
+        md_cond += compare_md(comps, None, "true return")
+        sec, front = frontier_md(
+            parents, HEAD, others=["continued_sft", "continued_sft_seen"], unit="true return"
+        )
+        md_cond += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in sec]
+        fid = {}
+        if any(k.startswith("recover/logprob/") for j in parents for k in j["metrics"]):
+            md_cond += [
+                "",
+                "Fidelity of the recovered reward: within-policy Pearson correlation of the recovered with the "
+                "true sequence return (mean of the per-policy correlations over expert, SFT, baseline and "
+                "uniform samples):",
+                "",
+                "| " + " | ".join(FIDELITY) + " |",
+                "|" + "---|" * len(FIDELITY),
+            ]
+            for name in FIDELITY:
+                fid[name] = summary(by_seed(parents, f"recover/{name}/fidelity/within/pearson_mean").values())
+            md_cond.append("| " + " | ".join(fmt_ci(fid[n]) for n in FIDELITY) + " |")
+        if others:
+            md_cond += ["", "Jobs not counted: " + ", ".join(f"`{Path(j['dir']).name}`" for j in others)]
+        match = front["match"]
+        d_sft = next((x for x in comps if x["name"] == "dpr logprob once (val) − sft once (val)"), None)
+        summary_rows.append(
+            {
+                "condition": c,
+                "n": len(parents),
+                "expert": stats.get("expert (sampled)"),
+                "sft": stats.get("sft once (val)"),
+                "dpr": stats.get("dpr logprob once (val)"),
+                "d_sft": d_sft,
+                "d_ratio": {
+                    b: next((x for x in comps if x["name"] == f"{name} once (val) − sft once (val)"), None)
+                    for b, name in RATIO.items()
+                },
+                "match": None if match is None else {"decoder": match["decoder"], "cost": match["cost"]},
+                "dpr_cost": front["once_cost"]["mean"],
+            }
+        )
+        data[c] = {"rows": rows, "stats": stats, "comparisons": comps, "frontier": front, "fidelity": fid}
+
+    def diff_cell(d):
+        if not d:
+            return "-"
+        return f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]"
+
+    md = [
+        "# Beyond the demonstrator (the broadened known-reward benchmark): results",
+        "",
+        "Each condition: experiment=beyond over seeds (each seed its own hidden reward table; 45 prompts per "
+        "table: 9 start states × horizons 4..8; `eval` = 540 rows on held-out prompts); mean ± 95% t-interval "
+        "over seeds; every difference paired by seed. `once (val)`: the single decode (greedy or one "
+        "temperature) best on `val`. DPR on `logprob` (no KL) in the parent run; on `log_ratio` against the "
+        f"half-way snapshot (`sft_half`) and the half-data SFT (`half_data`) from the same SFT. Wall time: "
+        f"{hours:.2f} h summed over the jobs.",
+        "",
+        "## Summary",
+        "",
+        "| condition | n | expert | SFT once | DPR logprob once | DPR − SFT (95% CI) | log_ratio@sft_half − SFT | "
+        "log_ratio@half_data − SFT | SFT decoder matching DPR (cost vs DPR's) |",
+        "|---|---:|---|---|---|---|---|---|---|",
+    ]
+    for r in summary_rows:
+        m = r["match"]
+        cost = (
+            f"{m['decoder']} ({fmt(m['cost'], 1)} vs {fmt(r['dpr_cost'], 1)})"
+            if m
+            else "none of SFT's decoders"
+        )
+        md.append(
+            f"| {r['condition']} | {r['n']} | {fmt_ci(r['expert'])} | {fmt_ci(r['sft'])} | {fmt_ci(r['dpr'])} | "
+            f"{diff_cell(r['d_sft'])} | {diff_cell(r['d_ratio']['sft_half'])} | "
+            f"{diff_cell(r['d_ratio']['half_data'])} | {cost} |"
+        )
+    md += md_cond
+    fig = make_fig(15, 4.8)
     ax = fig.add_subplot(1, 2, 1)
-    names = list(rows)
-    bar_ci(
-        ax,
-        names,
-        [stats[n] for n in names],
-        [list(rows[n].values()) for n in names],
-        title=f"eval true return, n={len(jobs)} seeds",
-        ylabel="true return",
-    )
-    for y, lab, c in (
-        (ref["expert_true_return"], "expert", "tab:red"),
-        (ref["best_true_return"], "best possible", "tab:green"),
-    ):
-        if y is not None:
-            ax.axhline(y, color=c, ls="--", lw=1, label=lab)
+    labels = ["DPR logprob", "log_ratio@sft_half", "log_ratio@half_data"]
+    width = 0.8 / len(labels)
+    xs = np.arange(len(summary_rows))
+    for i, lab in enumerate(labels):
+        ds = [r["d_sft"] if i == 0 else r["d_ratio"][("sft_half", "half_data")[i - 1]] for r in summary_rows]
+        ax.bar(
+            xs + (i - 1) * width,
+            [d["mean"] if d else 0 for d in ds],
+            width,
+            yerr=[d["ci95"] if d and math.isfinite(d["ci95"]) else 0 for d in ds],
+            capsize=3,
+            label=lab,
+        )
+    ax.axhline(0, color="black", lw=1)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r["condition"] for r in summary_rows], fontsize=8)
+    ax.set_ylabel("eval true return − SFT once (paired)")
+    ax.set_title("DPR decoded once minus SFT's best single decode, 95% CI", fontsize=10)
     ax.legend(fontsize=7)
-    ax2 = fig.add_subplot(1, 2, 2)
-    names2 = list(FIDELITY)
-    bar_ci(
-        ax2,
-        names2,
-        [fid[f"{n}/within/pearson_mean"] for n in names2],
-        title="fidelity: within-policy Pearson (recovered vs true return)",
-        ylabel="Pearson r",
+    ax.grid(axis="y", alpha=0.3)
+    c0 = conds[0]
+    parents0, _, _ = load_condition(study / c0)
+    plot_frontier(
+        fig.add_subplot(1, 2, 2),
+        parents0,
+        HEAD,
+        ["sft", "dpr", "continued_sft", "continued_sft_seen"],
+        ylabel=f"eval true return ({c0})",
     )
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "beyond.png", dpi=120)
+    fig.savefig(out / "beyond.png", dpi=110)
     md += ["", "![beyond](beyond.png)"]
-    write_outputs(
-        out, md, {"rows": rows, "stats": stats, "fidelity": fid, "comparisons": comps, "reference": ref}
-    )
+    write_outputs(out, md, {"conditions": data, "summary": summary_rows})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
