@@ -219,7 +219,11 @@ def test_beyond_report_pairs_every_arm_by_seed_within_each_condition(tmp_path: P
     dpr = [8.0, 8.8, 9.1]
     ratio = {"sft_half": [7.1, 7.4, 8.3], "half_data": [6.9, 7.7, 8.0]}
     for s in range(3):
-        m = {"sft/eval/expert_true_return": 5.0 + s, "sft/eval/best_true_return": 10.0 + s, "sft/time_s": 3600.0}
+        m = {
+            "sft/eval/expert_true_return": 5.0 + s,
+            "sft/eval/best_true_return": 10.0 + s,
+            "sft/time_s": 3600.0,
+        }
         for p, v in (("sft", sft[s]), ("dpr", dpr[s]), ("continued_sft", sft[s] + 0.1)):
             m[f"decode/{p}/val/greedy/true_return"] = v
             m[f"decode/{p}/eval/greedy/true_return"] = v
@@ -243,7 +247,10 @@ def test_beyond_report_pairs_every_arm_by_seed_within_each_condition(tmp_path: P
     assert f"| {m_:.3f} [{m_ - h:.3f}, {m_ + h:.3f}] |" in md
     for b, v in ratio.items():
         dm, dh = t_interval(np.array(v) - np.array(sft))
-        assert f"| dpr log_ratio@{b} once (val) − sft once (val) | 3 | {dm:.3f} | [{dm - dh:.3f}, {dm + dh:.3f}]" in md
+        assert (
+            f"| dpr log_ratio@{b} once (val) − sft once (val) | 3 | {dm:.3f} | [{dm - dh:.3f}, {dm + dh:.3f}]"
+            in md
+        )
     # dpr once (8.633) > sft beam4 (8.0): no sft decoder matches; wall time 3 jobs x 1 h
     assert "none of SFT's decoders" in md and "Wall time: 3.00 h" in md
     assert (out / "beyond.png").stat().st_size > 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Study 3 (ablations): DPR from each seed's SFT of experiment=beyond (run experiments/beyond/run.sh first),
+# Study 3 (ablations): DPR from each seed's SFT of experiment=beyond (run `bash experiments/beyond/run.sh soft` first),
 # one axis at a time around the paper's setting (log_ratio @ half-way snapshot, gamma 1, T 1, no KL).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
