@@ -273,3 +273,52 @@ def test_study_comparisons_use_the_holm_level_and_say_when_every_seed_agrees():
     assert comps["c"]["zero_variance"] and math.isnan(comps["c"]["p_holm"])
     md = "\n".join(compare_md(list(comps.values()), "ref", "success"))
     assert "every seed gives this difference: no test" in md and "nan" not in md
+
+
+def _mcnemar_reference(a: list[bool], b: list[bool]) -> float:
+    """Exact two-sided McNemar p by direct summation of the Binomial(k, 1/2) pmf over the discordant
+    pairs: the total probability of outcomes no more likely than the observed one."""
+    a_only = sum(x and not y for x, y in zip(a, b))
+    k = a_only + sum(y and not x for x, y in zip(a, b))
+    if k == 0:
+        return 1.0
+    pmf = [math.comb(k, i) * 0.5**k for i in range(k + 1)]
+    return min(1.0, sum(q for q in pmf if q <= pmf[a_only] * (1 + 1e-7)))
+
+
+def test_mcnemar_matches_a_direct_binomial_sum():
+    from densepath.sweeps.stats import mcnemar
+
+    rng = np.random.default_rng(0)
+    for n, pa, pb in ((24, 0.3, 0.5), (294, 0.2, 0.25), (50, 0.5, 0.5), (7, 0.9, 0.1)):
+        a = list(rng.random(n) < pa)
+        b = list(rng.random(n) < pb)
+        r = mcnemar(a, b)
+        assert r["p"] == pytest.approx(_mcnemar_reference(a, b), rel=1e-9)
+        assert r["a_only"] == sum(x and not y for x, y in zip(a, b)) and r["n"] == n
+        assert r["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    same = mcnemar([True, False, True], [True, False, True])
+    assert same["p"] == 1.0 and same["diff"] == 0.0
+    assert mcnemar([True] * 10, [False] * 10)["p"] == pytest.approx(2 * 0.5**10)
+    with pytest.raises(ValueError, match="pair them by prompt"):
+        mcnemar([True], [True, False])
+
+
+def test_paired_bootstrap_matches_a_loop_over_the_same_draws():
+    from densepath.sweeps.stats import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random(40), rng.random(40) * 0.8
+    r = paired_bootstrap(a, b, n_boot=500, seed=3)
+    idx = np.random.default_rng(3).integers(0, 40, size=(500, 40))
+    means = []
+    for row in idx:  # the reference: one resample at a time, float64
+        means.append(sum(float(a[i]) - float(b[i]) for i in row) / 40)
+    assert r["mean"] == pytest.approx(float(np.mean(a - b)))
+    assert r["lo"] == pytest.approx(float(np.quantile(means, 0.025)))
+    assert r["hi"] == pytest.approx(float(np.quantile(means, 0.975)))
+    share = min(np.mean(np.array(means) <= 0), np.mean(np.array(means) >= 0))
+    assert r["p"] == pytest.approx(max(2 * share, 1 / 500))
+    assert r["lo"] <= r["mean"] <= r["hi"]
+    zero = paired_bootstrap([1.0, 0.0, 1.0], [1.0, 0.0, 1.0])
+    assert (zero["mean"], zero["lo"], zero["hi"], zero["p"]) == (0.0, 0.0, 0.0, 1.0)

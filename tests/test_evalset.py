@@ -93,6 +93,27 @@ def test_evalset_fidelity_auroc_when_both_classes_exist(sft_run: Path, tmp_path:
     assert 0.0 <= fid["seq_reward_auroc_lo"] <= fid["seq_reward_auroc"] <= fid["seq_reward_auroc_hi"] <= 1.0
 
 
+def test_evalset_decoders_answer_with_sft_beam_and_best_of_n_at_their_cost(sft_run: Path, tmp_path: Path):
+    run = tmp_path / "ev"
+    _, out = _run(_evalset(sft_run, tmp_path, "evalset.base=false", "evalset.decoders=[beam2,bon3]"), run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "evalset" / "manifest.json").read_text())["policies"] == [
+        "sft",
+        "sft@beam2",
+        "sft@bon3",
+    ]
+    length = {p: metrics[f"evalset/{p}/ifbench/length"] for p in ("sft", "sft@beam2", "sft@bon3")}
+    cost = {p: metrics[f"evalset/{p}/ifbench/cost"] for p in length}
+    assert cost["sft"] == length["sft"]  # greedy: one pass over the answer
+    assert length["sft@beam2"] <= cost["sft@beam2"] <= 2 * 6  # W x decoding steps, at most max_new_tokens
+    assert 2 * length["sft@bon3"] <= cost["sft@bon3"] <= 2 * 3 * 6  # 3 candidates, generated and scored
+    for p in ("sft@beam2", "sft@bon3"):
+        assert 0.0 <= metrics[f"evalset/{p}/ifbench/prompt_loose"] <= 1.0
+        assert len((run / "evalset" / p / "results.jsonl").read_text().splitlines()) == 4
+    table = (run / "evalset" / "table.md").read_text()
+    assert "| sft@beam2 |" in table and "cost / answer" in table and "nan" not in table.lower()
+
+
 def test_evalset_bad_inputs(sft_run: Path, tmp_path: Path):
     from hydra.errors import MissingConfigException
 
@@ -100,6 +121,13 @@ def test_evalset_bad_inputs(sft_run: Path, tmp_path: Path):
         MissingConfigException, match=r"(?s)evalset/mmlu.*Available options in .evalset.:\s+ifbench"
     ):
         compose_cfg(["pipeline=evalset", "evalset=mmlu"])
+    with pytest.raises(ValueError, match=r"'greedy4' is not beam<W> or bon<N>"):
+        _run(_evalset(sft_run, tmp_path, "evalset.decoders=[greedy4]"), tmp_path / "dec")
+    with pytest.raises(ValueError, match=r"decode_policies: \['dpr'\] not among"):
+        _run(
+            _evalset(sft_run, tmp_path, "evalset.decoders=[beam2]", "evalset.decode_policies=[dpr]"),
+            tmp_path / "d2",
+        )
     with pytest.raises(ValueError, match="add evalset=ifbench"):
         _run(["debug=tiny", "pipeline=evalset", f"parent_run={sft_run}"], tmp_path / "none")
     bad = tmp_path / "bad.jsonl"

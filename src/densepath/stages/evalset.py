@@ -7,9 +7,15 @@ base model's answers do not depend on the run, so they are cached (`evalset.cach
 With `evalset.fidelity`, the recovered sequence reward of SFT's answers is checked against the
 benchmark: does it rank passing answers above failing ones (AUROC, bootstrap 95% CI)?
 
+`evalset.decoders` (e.g. [beam4, bon4]) also answers with SFT's mode-seeking decoders (`evalset.decode_policies`,
+default [sft]): beam search by summed log-prob, best-of-N samples (T = the sampler's) reranked by the policy's
+own summed log-prob; each scored like a policy, as `<policy>@<decoder>`, with its inference cost per
+answer (token positions run through a model, prompt excluded; greedy: the answer's length), so DPR
+decoded once can be placed on SFT's score-vs-cost frontier.
+
 Files in the stage dir: `<policy>/responses.jsonl` (the upstream evaluator's input format),
 `<policy>/results.jsonl` (per-prompt checker results), `<policy>/summary.json`, `table.md`.
-Metrics: `evalset/<policy>/<name>/<level>_<mode>[_lo|_hi|_n]`, `.../truncated`, `.../length`.
+Metrics: `evalset/<policy>/<name>/<level>_<mode>[_lo|_hi|_n]`, `.../truncated`, `.../length`, `.../cost`.
 Selection never looks at these numbers: they are computed after every policy is fixed.
 """
 
@@ -29,10 +35,23 @@ from tqdm.auto import tqdm
 from densepath.data.formatting import encode_prompt
 from densepath.models.device import autocast_for, device_for
 from densepath.models.io import load_policy
+from densepath.models.logprobs import response_logprobs
+from densepath.sampling.search import beam_search, best_of, select_rows
 from densepath.stages.base import Stage, available_policies, policy_path
 from densepath.stages.common import build_sampler
 
 log = logging.getLogger(__name__)
+
+
+STAGE_KEYS = ("decoders", "decode_policies")  # evalset settings of the stage, not of the benchmark
+
+
+def parse_decoder(spec: str) -> tuple[str, str, int]:
+    """`beam<W>` or `bon<N>` -> (spec, kind, W or N)."""
+    for prefix, kind in (("beam", "beam"), ("bon", "best_of_n")):
+        if spec.startswith(prefix) and spec[len(prefix) :].isdigit() and int(spec[len(prefix) :]) >= 1:
+            return spec, kind, int(spec[len(prefix) :])
+    raise ValueError(f"evalset.decoders: {spec!r} is not beam<W> or bon<N> (e.g. [beam4, bon4])")
 
 
 def _cache_root(node) -> Path:
@@ -47,7 +66,7 @@ class EvalSetStage(Stage):
             raise ValueError(
                 f"the `{name}` stage needs an evaluation set: add evalset=ifbench (the options are the files in conf/evalset/)"
             )
-        es = instantiate(node)
+        es = instantiate({k: v for k, v in node.items() if k not in STAGE_KEYS})  # the rest is the set's
         records = es.records()
         es.check(records)  # unknown instruction ids fail here, before any generation
         policies = available_policies(ctx)
@@ -64,25 +83,47 @@ class EvalSetStage(Stage):
         summaries: dict[str, dict] = {}
         results_by: dict[str, list[dict]] = {}
         texts_by: dict[str, list[str]] = {}
+        decoders = [parse_decoder(d) for d in node.get("decoders") or []]
+        decode_for = list(node.get("decode_policies") or ["sft"]) if decoders else []
+        if missing := [p for p in decode_for if p not in policies]:
+            raise ValueError(f"{name}.decode_policies: {missing} not among this run's policies {policies}")
         todo = (["base"] if es.base else []) + policies
+        todo += [f"{p}@{d}" for p in decode_for for d, _, _ in decoders]
+        model, loaded = None, None
         for policy in tqdm(todo, desc=f"{name}: {es.name} per policy", disable=None):
             if policy == "base":
                 texts, lengths, truncated = self._base_answers(ctx, es, prompts, records)
+                cost = lengths
             else:
-                model = load_policy(policy_path(ctx, policy))[0].to(self.device).eval()
-                texts, lengths, truncated = self.answer(ctx, model, prompts, es, policy)
-                del model
+                src, _, dec = policy.partition("@")
+                if loaded != src:
+                    model = None  # the previous policy goes before the next one loads
+                    model = load_policy(policy_path(ctx, src))[0].to(self.device).eval()
+                    loaded = src
+                if dec:
+                    texts, lengths, truncated, cost = self.decode(ctx, model, prompts, es, parse_decoder(dec))
+                else:
+                    texts, lengths, truncated = self.answer(ctx, model, prompts, es, policy)
+                    cost = lengths
             results, summary, flat, md = es.score(records, texts)
             d = out_dir / policy
             es.write_responses(d / "responses.jsonl", records, texts)
             (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results), encoding="utf-8")
-            summary.update({"truncated": float(np.mean(truncated)), "length": float(np.mean(lengths))})
+            summary.update(
+                {
+                    "truncated": float(np.mean(truncated)),
+                    "length": float(np.mean(lengths)),
+                    "cost": float(np.mean(cost)),
+                }
+            )
             (d / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
             (d / "table.md").write_text(md, encoding="utf-8")
             metrics.update({f"{policy}/{k}": float(v) for k, v in flat.items()})
             metrics[f"{policy}/{es.name}/truncated"] = summary["truncated"]
             metrics[f"{policy}/{es.name}/length"] = summary["length"]
+            metrics[f"{policy}/{es.name}/cost"] = summary["cost"]
             summaries[policy], results_by[policy], texts_by[policy] = summary, results, texts
+        del model
         fidelity = {}
         if es.fidelity and "sft" in texts_by:
             fidelity = self.fidelity(ctx, es, records, prompts, texts_by["sft"], results_by["sft"])
@@ -105,7 +146,6 @@ class EvalSetStage(Stage):
     @torch.no_grad()
     def answer(self, ctx, model, prompts, es, policy: str):
         """Greedy answers in batches of `evalset.batch_size`: (texts, lengths, truncated flags)."""
-        eos = ctx.tokenizer.eos_token_id
         texts, lengths, truncated = [], [], []
         bs = max(1, int(es.batch_size))
         with autocast_for(ctx.cfg.trainer):
@@ -113,13 +153,56 @@ class EvalSetStage(Stage):
                 batch = self.sampler.generate(
                     model, prompts[s : s + bs], k=1, greedy=True, max_new_tokens=int(es.max_new_tokens)
                 )
-                for ids, m in zip(batch.response_ids.cpu(), batch.response_mask.cpu().bool()):
-                    ids = ids[m].tolist()
-                    ended = bool(ids) and ids[-1] == eos
-                    truncated.append(float(not ended and len(ids) >= int(es.max_new_tokens)))
-                    lengths.append(float(len(ids)))
-                    texts.append(ctx.tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=True))
+                for out, x in zip((texts, lengths, truncated), self._read(ctx, batch, es)):
+                    out.extend(x)
         return texts, lengths, truncated
+
+    @staticmethod
+    def _read(ctx, batch, es) -> tuple[list[str], list[float], list[float]]:
+        """(texts, lengths, truncated flags) of a batch of answers; EOS is dropped from the text."""
+        eos, texts, lengths, truncated = ctx.tokenizer.eos_token_id, [], [], []
+        for ids, m in zip(batch.response_ids.cpu(), batch.response_mask.cpu().bool()):
+            ids = ids[m].tolist()
+            ended = bool(ids) and ids[-1] == eos
+            truncated.append(float(not ended and len(ids) >= int(es.max_new_tokens)))
+            lengths.append(float(len(ids)))
+            texts.append(ctx.tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=True))
+        return texts, lengths, truncated
+
+    @torch.no_grad()
+    def decode(self, ctx, model, prompts, es, decoder: tuple[str, str, int]):
+        """Answers of a mode-seeking decoder (beam W, or best-of-N by the policy's own summed log-prob):
+        (texts, lengths, truncated flags, cost per answer)."""
+        name, kind, n = decoder
+        s, bs, max_new = self.sampler, max(1, int(es.batch_size)), int(es.max_new_tokens)
+        texts, lengths, truncated, cost = [], [], [], []
+        with autocast_for(ctx.cfg.trainer):
+            for i in tqdm(range(0, len(prompts), bs), desc=f"{name}: answering", leave=False, disable=None):
+                part = prompts[i : i + bs]
+                if kind == "beam":
+                    d = beam_search(
+                        model,
+                        part,
+                        width=n,
+                        max_new_tokens=max_new,
+                        eos_id=s.eos_token_id,
+                        pad_id=s.pad_token_id,
+                        batch_rows=bs * n,
+                    )
+                    batch, c = d.batch, d.cost
+                else:
+                    cand = s.generate(model, part, k=n, max_new_tokens=max_new)
+                    logp = response_logprobs(
+                        model, cand.prompt_ids, cand.prompt_mask, cand.response_ids, cand.response_mask
+                    ).logp.float()
+                    pick = best_of(logp.sum(-1), n)
+                    rows = torch.arange(len(part), device=pick.device) * n + pick
+                    batch = select_rows(cand, rows)
+                    c = cand.response_mask.sum(-1).view(-1, n).sum(-1) * 2  # generation + one scoring model
+                for out, x in zip((texts, lengths, truncated), self._read(ctx, batch, es)):
+                    out.extend(x)
+                cost.extend(float(v) for v in c.cpu())
+        return texts, lengths, truncated, cost
 
     def _base_answers(self, ctx, es, prompts, records):
         """The untrained base model's answers, cached by what determines them (model, tokenizer, prompts,
@@ -206,6 +289,7 @@ def comparison_table(summaries: dict[str, dict], es, n: int, fidelity: dict) -> 
         "instruction loose",
         "truncated",
         "length",
+        "cost / answer",
     ]
     rows = [
         [
@@ -216,11 +300,13 @@ def comparison_table(summaries: dict[str, dict], es, n: int, fidelity: dict) -> 
             ),
             f"{100 * s['truncated']:.0f}%",
             f"{s['length']:.0f}",
+            f"{s.get('cost', s['length']):.0f}",
         ]
         for p, s in summaries.items()
     ]
     lines = [
-        f"## {es.name} on {n} prompts (greedy, max {es.max_new_tokens} new tokens; accuracy %, Wilson 95% CI)",
+        f"## {es.name} on {n} prompts (greedy unless `@decoder`, max {es.max_new_tokens} new tokens; accuracy %, "
+        "Wilson 95% CI; cost = token positions run through a model per answer)",
         "",
     ]
     lines += markdown_table(header, rows)

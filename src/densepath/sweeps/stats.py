@@ -98,3 +98,44 @@ def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float =
         return math.nan
     df = n - 1
     return (student_t_ppf(1 - alpha / 2, df) + student_t_ppf(power, df)) * sd / math.sqrt(n)
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
+    """Exact McNemar test of paired binary outcomes (e.g. one prompt passed by policy a, by policy b):
+    n pairs, the discordant counts (a only, b only), the difference of pass rates a - b, and the two-sided
+    p-value of the binomial test of the discordant pairs against 1/2 (no discordant pair: p = 1)."""
+    if len(a) != len(b):
+        raise ValueError(f"mcnemar: {len(a)} outcomes for a but {len(b)} for b; pair them by prompt first")
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
+    n = len(x)
+    diff = (a_only - b_only) / n if n else math.nan
+    if a_only + b_only == 0:
+        return {"n": n, "a_only": a_only, "b_only": b_only, "diff": diff, "p": 1.0}
+    from scipy import stats
+
+    p = float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return {"n": n, "a_only": a_only, "b_only": b_only, "diff": diff, "p": min(1.0, p)}
+
+
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0, level: float = CI_LEVEL
+) -> dict[str, Any]:
+    """Paired bootstrap of mean(a - b) over items (e.g. prompts, each scored by two policies): the mean
+    difference, its percentile interval, and the two-sided bootstrap p-value (twice the smaller share of
+    resampled means on either side of 0, at least 1/n_boot)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_bootstrap: {len(a)} values for a but {len(b)} for b; pair them first")
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)  # (n,)
+    n = len(d)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "lo": math.nan, "hi": math.nan, "p": math.nan}
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)  # (n_boot,)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    if np.all(d == 0):
+        p = 1.0
+    else:
+        p = min(1.0, max(2.0 * min(float((means <= 0).mean()), float((means >= 0).mean())), 1.0 / n_boot))
+    return {"n": n, "mean": float(d.mean()), "lo": float(lo), "hi": float(hi), "p": p}
