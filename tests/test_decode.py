@@ -209,3 +209,34 @@ def test_decode_stage_refuses_a_bad_grid(sft_run: Path, tmp_path: Path):
             ["debug=tiny", "pipeline=decode", f"parent_run={sft_run}", "decode.policies=[sft,ppo]"],
             tmp_path / "b",
         )
+
+
+def test_decode_search_policies_give_beams_to_the_listed_policies_only(sft_run: Path, tmp_path: Path):
+    """decode.search_policies=[sft]: SFT gets the whole grid, every other policy greedy and temperatures."""
+    import shutil
+
+    parent = tmp_path / "parent"
+    shutil.copytree(sft_run, parent)
+    man = json.loads((parent / "manifest.json").read_text())
+    (parent / "twin").mkdir()  # a second policy: SFT's own checkpoint under another stage name
+    twin = {"stage": "twin", "policy": str(parent / "sft" / "policy")}
+    (parent / "twin" / "manifest.json").write_text(json.dumps(twin))
+    man["stages"]["twin"] = {"policy": str(parent / "sft" / "policy")}
+    (parent / "manifest.json").write_text(json.dumps(man))
+    base = ["debug=tiny", "pipeline=decode", f"parent_run={parent}", "decode.temperatures=[0.5]"]
+    grid = ["decode.beam_widths=[2]", "decode.best_of_n=[2]", "decode.rerank=[policy_logp]"]
+    m = run_cfg([*base, *grid, "decode.search_policies=[sft]"], tmp_path / "dec")
+    assert {k.split("/")[3] for k in m if k.startswith("decode/twin/eval/")} == {"greedy", "T0.5"}
+    assert {k.split("/")[3] for k in m if k.startswith("decode/sft/eval/")} == {
+        "greedy",
+        "T0.5",
+        "beam2",
+        "bon2_policy_logp",
+    }
+    # the twin is SFT itself: its greedy answers are SFT's, and they are compared with SFT's widest beam
+    assert m["decode/twin/eval/greedy/success"] == m["decode/sft/eval/greedy/success"]
+    assert 0.0 <= m["decode/twin/greedy_same_as_mode"] <= 1.0
+    with pytest.raises(ValueError, match=r"leaves out the reference `sft`"):
+        run_cfg([*base, *grid, "decode.search_policies=[twin]"], tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"search_policies: \['dpr'\] are not decoded here"):
+        run_cfg([*base, *grid, "decode.search_policies=[sft,dpr]"], tmp_path / "bad2")

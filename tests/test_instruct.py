@@ -72,7 +72,16 @@ def test_instruct_pipeline_end_to_end_tiny(tmp_path):
     assert task["load"]["records_read"] == 400
     # every policy and the base model answered the same IFBench prompts
     ev = json.loads((run_dir / "evalset" / "manifest.json").read_text())
-    assert ev["policies"] == ["base", "sft", "dpr", "continued_sft", "dft", "sft_lowlr", "sft@beam4", "sft@bon4"]
+    assert ev["policies"] == [
+        "base",
+        "sft",
+        "dpr",
+        "continued_sft",
+        "dft",
+        "sft_lowlr",
+        "sft@beam4",
+        "sft@bon4",
+    ]
     for p in ev["policies"]:
         assert f"evalset/{p}/ifbench/prompt_loose" in metrics
         assert (run_dir / "evalset" / p / "responses.jsonl").read_text().count("\n") == 3

@@ -5,7 +5,7 @@ chosen on `val`, every setting is reported on `eval` (the frontier).
 An RL gain over SFT may be nothing more than a sharper distribution (a temperature) or SFT's
 sequence mode (a beam search finds it without training). Costs: `densepath.sampling.search`.
 
-Settings: the `decode` node (`temperatures`, `beam_widths`, `best_of_n`, `rerank`, `policies`,
+Settings: the `decode` node (`temperatures`, `beam_widths`, `best_of_n`, `rerank`, `policies`, `search_policies`,
 `reference`); `max_new_tokens` and the best-of-N sampling temperature are the sampler's.
 Metric keys, per policy `<p>` and decoder `<d>` (`greedy`, `T0.5`, `beam4`, `bon4_policy_logp`,
 `bon4_reward`):
@@ -98,6 +98,18 @@ class DecodeStage(Stage):
                 f"({ctx.run_dir}, parent_run={ctx.parent_run}); available: {available}"
             )
         wanted.sort(key=lambda p: p != node.reference)  # the reference first, the others in pipeline order
+        search = node.get("search_policies")
+        if search is not None:
+            search = list(search)
+            if unknown := [p for p in search if p not in wanted]:
+                raise ValueError(
+                    f"{name}.search_policies: {unknown} are not decoded here (policies: {wanted})"
+                )
+            if grid.widths and node.reference not in search:
+                raise ValueError(
+                    f"{name}.search_policies: {search} leaves out the reference `{node.reference}`, whose "
+                    "widest beam the others' greedy answers are compared with; add it"
+                )
         self.sampler, self.device = build_sampler(ctx), device_for(cfg.trainer)
         self.reward = None
         if grid.ns and "reward" in grid.reranks:
@@ -117,7 +129,10 @@ class DecodeStage(Stage):
                 res = {}
                 for split in ("val", "eval"):
                     bar.set_postfix_str(f"{policy} {split}")
-                    res.update(self.decode_split(ctx, model, rows[split], f"{policy}/{split}", grid))
+                    mine = (
+                        grid if search is None or policy in search else Grid(grid.temps, [], [], grid.reranks)
+                    )
+                    res.update(self.decode_split(ctx, model, rows[split], f"{policy}/{split}", mine))
                     bar.update()
             metrics.update({k: v for r in res.values() for k, v in r["metrics"].items()})
             chosen[policy], more = self.choose_and_tabulate(res, policy, order, task, table)
@@ -133,6 +148,7 @@ class DecodeStage(Stage):
             "beam_widths": grid.widths,
             "best_of_n": grid.ns,
             "rerank": grid.reranks,
+            "search_policies": search,
             "chosen": chosen,
             "sizes": {s: len(r) for s, r in rows.items()},
             "reference": f"{node.reference} beam{max(grid.widths)}" if grid.widths else None,
