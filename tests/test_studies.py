@@ -33,6 +33,7 @@ def test_main_report_tables_and_plot(tmp_path: Path):
             m[f"{p}/eval/greedy/success"] = v[s] + 0.2
             m[f"{p}/eval/sampled/add/success"] = v[s] / 2
         m["decode/sft/best/success"] = 0.5
+        m["decode/sft/eval/beam4/success"] = 0.5  # SFT ran beams: its "best decoder (val)" row is shown
         _job(sweep, f"seed{s}", ["experiment=main", f"seed={s}"], m)
         (sweep / f"seed{s}" / "decode").mkdir()
         (sweep / f"seed{s}" / "decode" / "manifest.json").write_text(json.dumps({"chosen": {"sft": "beam4"}}))

@@ -22,10 +22,12 @@ from experiments.report_common import (
     compare_md,
     compare_pairs,
     compare_rows,
+    decoders_of,
     failures_md,
     fmt,
     fmt_ci,
     frontier_md,
+    is_single,
     load_jobs,
     make_fig,
     once_rows,
@@ -51,7 +53,14 @@ def report_main(sweep: Path, out: Path) -> None:
         once = once_rows(jobs, p, head)
         if once:
             rows[f"{p} once (val)"] = once
-    rows.update(policy_rows(jobs, head, policies))
+    searched = {p for p in policies if any(not is_single(d) for d in decoders_of(jobs, p, head))}
+    rows.update(
+        {  # "best decoder (val)" only where beams / best-of-N ran; elsewhere it is the `once` row
+            k: v
+            for k, v in policy_rows(jobs, head, policies).items()
+            if not k.endswith("best decoder (val)") or k.split()[0] in searched
+        }
+    )
     fams = sorted(
         {
             k.split("/")[3]
