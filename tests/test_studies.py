@@ -278,3 +278,74 @@ def test_main_report_asks_the_question_dpr_once_against_sft_once_and_both_contro
     assert "Holm over 4)" in md  # sft, continued_sft, continued_sft_seen, rloo
     assert "first match `dpr` decoded once at cost 40.0" in md
     assert "Step 0 was best on `val` in most seeds for continued_sft_seen**" in md
+
+
+def _ifbench_results(passes: list[bool], instr: list[list[bool]]) -> str:
+    rows = []
+    for i, (p, ins) in enumerate(zip(passes, instr)):
+        rows.append(
+            {
+                "key": str(i),
+                "instruction_id_list": [f"count:x{j}" for j in range(len(ins))],
+                "strict": ins,
+                "loose": ins,
+                "unscorable": [],
+                "prompt_strict": p,
+                "prompt_loose": p,
+            }
+        )
+    rows.append(  # an unscorable prompt: left out of every pair
+        {
+            "key": "u",
+            "instruction_id_list": ["words:start_verb"],
+            "strict": [None],
+            "loose": [None],
+            "unscorable": ["words:start_verb"],
+            "prompt_strict": None,
+            "prompt_loose": None,
+        }
+    )
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_instruct_report_pairs_by_prompt_with_mcnemar_and_over_seeds(tmp_path: Path):
+    from densepath.sweeps.stats import mcnemar, paired_bootstrap
+    from experiments.instruct.report import report_instruct
+
+    sweep = tmp_path / "instruct"
+    # 10 prompts; DPR passes prompts 0-5 in every seed, SFT 0-2 plus seed-dependent extras
+    dpr_pass = [i < 6 for i in range(10)]
+    sft_pass = {s: [i < 3 or i == 9 - s for i in range(10)] for s in range(3)}
+    for s in range(3):
+        m = {}
+        for p, passes in (("dpr", dpr_pass), ("sft", sft_pass[s])):
+            m[f"evalset/{p}/ifbench/prompt_loose"] = float(np.mean(passes))
+            m[f"evalset/{p}/ifbench/instruction_loose"] = float(np.mean(passes))
+            m[f"evalset/{p}/ifbench/cost"] = 100.0
+            m[f"{p}/eval/nll"] = 2.0 - (0.01 * s if p == "dpr" else 0.0)
+        _job(sweep, f"seed{s}", ["experiment=instruct", f"seed={s}"], m)
+        for p, passes in (("dpr", dpr_pass), ("sft", sft_pass[s])):
+            d = sweep / f"seed{s}" / "evalset" / p
+            d.mkdir(parents=True)
+            (d / "results.jsonl").write_text(_ifbench_results(passes, [[x] for x in passes]))
+    out = tmp_path / "out"
+    report_instruct(sweep, out)
+    md = (out / "results.md").read_text()
+    # seed 0: SFT passes 0-2 and 9; DPR 0-5: DPR only = 3 (3, 4, 5), SFT only = 1 (9)
+    r0 = mcnemar(dpr_pass, sft_pass[0])
+    assert (r0["a_only"], r0["b_only"]) == (3, 1)
+    b0 = paired_bootstrap(
+        [float(x) for x in dpr_pass], [float(x) for x in sft_pass[0]], n_boot=10_000, seed=0
+    )
+    assert (
+        f"| sft | 0 | 10 | 3 | 1 | 20.0 | {r0['p']:.3f} | {r0['p']:.3f} | 20.0 [{100 * b0['lo']:.1f}, "
+        f"{100 * b0['hi']:.1f}] |" in md
+    )
+    pooled = mcnemar(dpr_pass * 3, sft_pass[0] + sft_pass[1] + sft_pass[2])
+    assert f"| sft | pooled | 30 | {pooled['a_only']} | {pooled['b_only']} |" in md
+    # over seeds: prompt loose 60% vs 40% in every seed: no test, said so
+    assert "| dpr − sft | 3 | 20.000 | [20.000, 20.000] | every seed gives this difference: no test |" in md
+    nll = np.array([-0.0, -0.01, -0.02])
+    m_, h = t_interval(nll)
+    assert f"| dpr − sft | 3 | {m_:.4f} | [{m_ - h:.4f}, {m_ + h:.4f}] |" in md
+    assert (out / "instruct.png").stat().st_size > 0 and "nan" not in md.lower()
