@@ -119,6 +119,31 @@ def test_ablations_report_pairs_by_seed_and_finds_the_parent_sft(tmp_path: Path)
     assert (out / "ablations.png").stat().st_size > 0
 
 
+def test_ablations_report_compares_k1_and_k3_at_measured_kl_and_flags_step_zero(tmp_path: Path):
+    sweep = tmp_path / "abl"
+    kl = {("k1", "0.1"): 2.0, ("k1", "1.0"): 0.5, ("k3", "0.1"): 1.0, ("k3", "1.0"): 0.2}
+    for s in range(3):
+        _job(sweep, f"ref{s}", ["experiment=ablate", f"seed={s}"], {"dpr/eval/sampled/true_return": 1.0 + s})
+        for (kind, coef), k in kl.items():
+            m = {
+                "dpr/eval/sampled/true_return": 1.0 + s,
+                "dpr/eval_last/sampled/true_return": 2.0 + s + k,
+                "dpr/eval_last/sampled/kl_exact": k + 0.1 * s,
+                "dpr/val/best_step": 0 if coef == "1.0" else 100,
+            }
+            ov = ["experiment=ablate", f"dpr.module.kl={kind}", f"dpr.module.kl_coef={coef}", f"seed={s}"]
+            _job(sweep, f"{kind}_{coef}_{s}", ov, m)
+    out = tmp_path / "out"
+    report_ablations(sweep, out)
+    md = (out / "results.md").read_text()
+    kx, ky = t_interval([2.0, 2.1, 2.2]), t_interval([4.0, 5.0, 6.0])
+    assert f"| k1 | 0.1 | 3 | {kx[0]:.3f} ± {kx[1]:.3f} | {ky[0]:.3f} ± {ky[1]:.3f} |" in md
+    assert "| k3 | 1 | 3 |" in md
+    assert "step 0 (SFT itself) in most seeds** for `dpr.module.kl=k1,dpr.module.kl_coef=1.0`" in md
+    flagged = next(line for line in md.splitlines() if "step 0 (SFT itself)" in line)
+    assert "kl_coef=0.1" not in flagged and "(reference)" not in flagged  # best at step 100: not flagged
+
+
 def test_read_curves_takes_the_logged_training_rows(tmp_path: Path):
     d = tmp_path / "job" / "dpr" / "csv"
     d.mkdir(parents=True)

@@ -1,4 +1,5 @@
-"""Table and plot of the ablations (DPR on the known-reward MDP, one axis at a time).
+"""Table and plots of the ablations (DPR on the broadened known-reward benchmark, one axis at a time, from each
+seed's SFT of experiments/beyond's `soft` condition), with k1 vs k3 compared at equal measured KL.
 
 `python -m experiments.ablations.report outputs/studies/ablations --out experiments/ablations` writes
 results.md, results.json and ablations.png; see :mod:`experiments.report_common` for the statistics.
@@ -41,6 +42,42 @@ def _parent_metrics(job) -> dict:
         return {}
 
 
+def _override(config: str, key: str) -> str | None:
+    return next((o.split("=", 1)[1] for o in config.split(",") if o.startswith(f"{key}=")), None)
+
+
+def kl_section(groups: dict[str, list], metrics: dict) -> tuple[list[str], dict[str, list]]:
+    """k1 vs k3 at equal measured KL: for each configuration with `dpr.module.kl` k1 / k3 and a `kl_coef` (the
+    reward and baseline of the reference), the last checkpoint's measured KL and true return (mean ± CI over
+    seeds). The last checkpoint, because the best-`val` one may be step 0 at large β."""
+    pts: dict[str, list] = {}
+    for c, js in groups.items():
+        kind, coef = _override(c, "dpr.module.kl"), _override(c, "dpr.module.kl_coef")
+        if kind not in ("k1", "k3") or coef is None or _override(c, "reward") or _override(c, "baseline"):
+            continue
+        kx = summary(by_seed(js, metrics["kl_last"]).values())
+        ky = summary(by_seed(js, metrics["last"]).values())
+        if kx["n"] and ky["n"]:
+            pts.setdefault(kind, []).append((float(coef), kx, ky))
+    if not pts:
+        return [], {}
+    md = [
+        "",
+        "## k1 vs k3 at equal measured KL (last checkpoint)",
+        "",
+        "k1 puts the KL in the reward (the objective's reverse KL); k3 adds the unbiased KL estimate to the loss "
+        "(its gradient is the forward KL at visited states). Compare true return where the measured KL is "
+        "about the same, not at the same β.",
+        "",
+        "| estimator | β | n | measured KL (nats/answer) | true return (last ckpt, T=1) |",
+        "|---|---:|---:|---|---|",
+    ]
+    for kind in sorted(pts):
+        for coef, kx, ky in sorted(pts[kind], key=lambda t: t[0]):
+            md.append(f"| {kind} | {coef:g} | {ky['n']} | {fmt_ci(kx)} | {fmt_ci(ky)} |")
+    return md, pts
+
+
 def report_ablations(sweep: Path, out: Path) -> None:
     jobs, others = load_jobs(sweep)
     head = "true_return"
@@ -62,6 +99,8 @@ def report_ablations(sweep: Path, out: Path) -> None:
         "last": f"dpr/eval_last/sampled/{head}",
         "last_entropy": "dpr/eval_last/sampled/entropy_est",
         "best_step": "dpr/val/best_step",
+        "kl": "dpr/eval/sampled/kl_exact",
+        "kl_last": "dpr/eval_last/sampled/kl_exact",
     }
     md = [
         "# Ablations (known-reward MDP, DPR from each seed's SFT of `experiment=beyond`): results",
@@ -75,10 +114,12 @@ def report_ablations(sweep: Path, out: Path) -> None:
     if sft:
         s_s = summary([m[f"sft/eval/sampled/{head}"] for m in sft.values()])
         s_g = summary([m[f"sft/eval/greedy/{head}"] for m in sft.values()])
-        ex = next(iter(sft.values())).get("sft/eval/expert_true_return")
-        best = next(iter(sft.values())).get("sft/eval/best_true_return")
+        # each seed has its own reward table: the reference lines are means over the seeds
+        ex = summary([m.get("sft/eval/expert_true_return", math.nan) for m in sft.values()])["mean"]
+        best = summary([m.get("sft/eval/best_true_return", math.nan) for m in sft.values()])["mean"]
         md += [
-            f"SFT (the starting point): sampled {fmt_ci(s_s)}, greedy {fmt_ci(s_g)}; expert {fmt(ex)}; best possible {fmt(best)}.",
+            f"SFT (the starting point): sampled {fmt_ci(s_s)}, greedy {fmt_ci(s_g)}; expert {fmt(ex)}; best possible "
+            f"{fmt(best)} (means over the seeds' reward tables).",
             "",
         ]
     md += [
@@ -109,9 +150,25 @@ def report_ablations(sweep: Path, out: Path) -> None:
             f"{', '.join(str(int(v)) for v in by_seed(js, metrics['best_step']).values())} | "
             f"{diff} | {fmt_p(cp['p_holm']) if cp else '-'} | {diff_last} | {fmt_p(cl['p_holm']) if cl else '-'} |"
         )
+    at_zero = [
+        c
+        for c in order
+        if (st := list(by_seed(groups[c], metrics["best_step"]).values()))
+        and sum(v == 0 for v in st) > len(st) / 2
+    ]
+    if at_zero:
+        md += [
+            "",
+            "**Best-`val` checkpoint = step 0 (SFT itself) in most seeds** for "
+            + ", ".join(f"`{c}`" for c in at_zero)
+            + ": their best-`val` columns compare SFT with SFT, so they cannot show whether the axis matters; "
+            "read their last-checkpoint columns instead.",
+        ]
+    kl_md, kl_pts = kl_section(groups, metrics)
+    md += kl_md
     md += failures_md(others)
-    fig = make_fig(max(8, 0.7 * len(order) + 3), 5.0)
-    ax = fig.add_subplot(1, 1, 1)
+    fig = make_fig(max(8, 0.7 * len(order) + 3) + 6, 5.0)
+    ax = fig.add_subplot(1, 2, 1)
     xs = np.arange(len(order))
     for off, key, rws, color, label in (
         (-0.2, "sampled", rows, "tab:blue", "best-val checkpoint"),
@@ -144,6 +201,28 @@ def report_ablations(sweep: Path, out: Path) -> None:
         if best is not None:
             ax.axhline(best, color="tab:green", ls="--", lw=1, label="best possible")
     ax.legend(fontsize=7)
+    ax2 = fig.add_subplot(1, 2, 2)
+    for kind, pts in kl_pts.items():
+        pts = sorted(pts, key=lambda t: t[1]["mean"])
+        ax2.errorbar(
+            [q[1]["mean"] for q in pts],
+            [q[2]["mean"] for q in pts],
+            xerr=[q[1]["ci95"] if math.isfinite(q[1]["ci95"]) else 0 for q in pts],
+            yerr=[q[2]["ci95"] if math.isfinite(q[2]["ci95"]) else 0 for q in pts],
+            fmt="o-",
+            capsize=3,
+            label=kind,
+        )
+        for coef, kx, ky in pts:
+            ax2.annotate(
+                f"β={coef}", (kx["mean"], ky["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+            )
+    ax2.set_xlabel("measured KL(π || π_SFT) on eval samples (nats per answer)")
+    ax2.set_ylabel("eval true return (last checkpoint, T=1)")
+    ax2.set_title("k1 vs k3 over a β grid: true return at equal measured KL", fontsize=10)
+    ax2.grid(alpha=0.3)
+    if kl_pts:
+        ax2.legend(fontsize=7)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "ablations.png", dpi=120)
