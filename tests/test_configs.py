@@ -192,6 +192,9 @@ def test_study_pipelines_run_both_continued_sft_controls():
     assert list(ratio.pipeline.stages) == ["dpr", "decode", "comparison"]
     assert ratio.reward._target_.endswith("LogRatio") and list(ratio.decode.policies) == ["dpr"]
     assert compose_cfg(["experiment=main_paths"], None).data.families == ["path"]
+    hp = compose_cfg(["experiment=hacking_paths", "seed=3"], None)
+    assert hp.data.families == ["path"] and hp.parent_run == "outputs/studies/main_paths/seed3"
+    assert list(hp.pipeline.stages) == ["dpr"] and hp.dpr.steps == 60
 
 
 def test_decoding_settings_have_one_home():

@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# Study 4 (reward-hacking watch): DPR without KL at lr 1e-4 from each seed's SFT of experiment=main
-# (run experiments/main/run.sh first), recovered reward vs verifier success per step.
+# Study 4 (reward-hacking watch): DPR without KL at lr 1e-4 from each seed's SFT of experiment=main (run
+# experiments/main/run.sh first), recovered reward vs verifier success per step; the same on the graded path task
+# (experiment=hacking_paths, from experiment=main_paths). The real-text watch (recovered reward vs IFBench pass
+# rate over training) is not built yet. EXTRA: more overrides for every job.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-densepath -m experiment=hacking seed=0,1,2,3,4 reward=log_ratio,logprob dpr.module.kl=none resume=auto
-densepath -m experiment=hacking seed=0,1,2,3,4 reward=logprob dpr.module.kl=k3 dpr.module.kl_coef=1.0 dpr.module.lr=1e-5 resume=auto
-[[ -n "${SKIP_REPORT:-}" ]] || python -m experiments.hacking.report outputs/studies/hacking --out experiments/hacking \
-  --main outputs/studies/main --ablations outputs/studies/ablations
+read -r -a EXTRA <<< "${EXTRA:-}"
+S=seed=${SEEDS:-0,1,2,3,4}
+for exp in hacking hacking_paths; do
+  densepath -m experiment=$exp "$S" reward=log_ratio,logprob dpr.module.kl=none resume=auto "${EXTRA[@]}"
+  densepath -m experiment=$exp "$S" reward=logprob dpr.module.kl=k3 dpr.module.kl_coef=1.0 dpr.module.lr=1e-5 \
+    resume=auto "${EXTRA[@]}"
+done
+[[ -n "${SKIP_REPORT:-}" ]] || {
+  python -m experiments.hacking.report outputs/studies/hacking --out experiments/hacking \
+    --main outputs/studies/main --ablations outputs/studies/ablations
+  python -m experiments.hacking.report outputs/studies/hacking_paths --out experiments/hacking/paths \
+    --main outputs/studies/main_paths
+}
