@@ -195,6 +195,11 @@ def test_study_pipelines_run_both_continued_sft_controls():
     hp = compose_cfg(["experiment=hacking_paths", "seed=3"], None)
     assert hp.data.families == ["path"] and hp.parent_run == "outputs/studies/main_paths/seed3"
     assert list(hp.pipeline.stages) == ["dpr"] and hp.dpr.steps == 60
+    hi = compose_cfg(["experiment=hacking_instruct", "seed=2"], None)
+    assert hi.parent_run == "outputs/studies/instruct/seed2" and list(hi.pipeline.stages) == ["dpr"]
+    assert (
+        hi.dpr.watch_every == 4 and hi.evalset._target_.endswith("IFBenchSet") and hi.dpr.module.kl == "none"
+    )
 
 
 def test_decoding_settings_have_one_home():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 
 import pytest
 
@@ -91,3 +92,30 @@ def test_instruct_pipeline_end_to_end_tiny(tmp_path):
     for s in ("dpr", "continued_sft", "dft"):
         assert json.loads((run_dir / s / "manifest.json").read_text())["reported_checkpoint"] == "last"
     assert "nan" not in out.getvalue().lower()
+
+
+def test_dpr_watches_ifbench_pass_rate_and_recovered_reward_over_training(tmp_path):
+    """dpr.watch_every: before the first step and every N steps after, DPR's greedy answers to IFBench prompts,
+    scored by the checkers and by the recovered reward (the reward-hacking watch on real text)."""
+    from densepath.stages.runner import run_stages
+
+    extra = ["pipeline=sft_recover_dpr", "dpr.steps=3", "dpr.watch_every=2", "dpr.watch_prompts=3"]
+    extra.append("trainer.log_every_n_steps=1")  # a CSV row per step
+    cfg = compose_cfg(
+        [*TINY_INSTRUCT, *extra, f"data.cache_dir={tmp_path}", f"evalset.cache_dir={tmp_path / 'ev'}"]
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_stages(cfg, run_dir)
+    rows = [json.loads(x) for x in (run_dir / "dpr" / "watch.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 3]  # before training, every 2 steps, and the last step
+    for r in rows:
+        assert r["n"] == 3 and 0.0 <= r["prompt_loose"] <= 1.0 and 0.0 <= r["instruction_strict"] <= 1.0
+        assert math.isfinite(r["reward"]) and 0 < r["length"] <= 8
+    logged = (run_dir / "dpr" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "watch/ifbench/prompt_loose" in logged and "watch/ifbench/reward" in logged
+    bad = compose_cfg(["debug=tiny", "pipeline=sft_recover_dpr", "dpr.watch_every=2"], tmp_path)
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ValueError, match="needs an evaluation set to watch: add evalset=ifbench"):
+        run_stages(bad, tmp_path / "bad")

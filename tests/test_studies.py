@@ -374,3 +374,23 @@ def test_instruct_report_pairs_by_prompt_with_mcnemar_and_over_seeds(tmp_path: P
     m_, h = t_interval(nll)
     assert f"| dpr − sft | 3 | {m_:.4f} | [{m_ - h:.4f}, {m_ + h:.4f}] |" in md
     assert (out / "instruct.png").stat().st_size > 0 and "nan" not in md.lower()
+
+
+def test_hacking_report_reads_the_real_text_watch(tmp_path: Path):
+    from experiments.hacking.report import report_hacking
+
+    sweep = tmp_path / "hi"
+    for s in range(2):
+        _job(sweep, f"seed={s}", ["experiment=hacking_instruct", f"seed={s}"], {})
+        rows = [
+            {"step": t, "reward": 1.0 + t + s, "prompt_loose": 0.5 - 0.02 * t, "n": 16}
+            for t in (0, 4, 8, 12, 16)
+        ]
+        (sweep / f"seed={s}" / "dpr").mkdir()
+        (sweep / f"seed={s}" / "dpr" / "watch.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    report_hacking(sweep, out)
+    md = (out / "results.md").read_text()
+    # first fifth (step 0) -> last fifth (step 16): reward 1.5 -> 17.5, pass rate 0.50 -> 0.18
+    assert "| 2 | 0, 1 | 1.500 ± 6.353 → 17.500 ± 6.353 | 0.500 ± 0.000 → 0.180 ± 0.000 |" in md
+    assert (out / "hacking.png").stat().st_size > 0

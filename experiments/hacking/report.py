@@ -8,6 +8,7 @@ hacking.png; see :mod:`experiments.report_common` for the statistics.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,23 @@ def read_curves(job_dir: Path, stage: str = "dpr") -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in cols.items()}
 
 
+def read_watch(job_dir: Path, stage: str = "dpr") -> dict[str, np.ndarray]:
+    """The real-text watch (`<stage>/watch.jsonl`, dpr.watch_every) as curves: step, the recovered return of
+    the policy's greedy benchmark answers (`train/reward`) and their prompt-level pass rate, loose
+    (`train/true_success`)."""
+    path = Path(job_dir) / stage / "watch.jsonl"
+    if not path.exists():
+        return {}
+    rows = sorted(
+        (json.loads(x) for x in path.read_text().splitlines() if x.strip()), key=lambda r: r["step"]
+    )
+    return {
+        "step": np.asarray([r["step"] for r in rows], dtype=float),
+        "train/reward": np.asarray([r["reward"] for r in rows], dtype=float),
+        "train/true_success": np.asarray([r["prompt_loose"] for r in rows], dtype=float),
+    }
+
+
 def report_hacking(
     sweep: Path, out: Path, main_dir: Path | None = None, ablations_dir: Path | None = None
 ) -> None:
@@ -60,7 +78,14 @@ def report_hacking(
     if main_dir is not None and Path(main_dir).is_dir():
         mj, _ = load_jobs(Path(main_dir))
         settings["main study DPR (log_ratio, k3 KL 1.0, lr 1e-5, 50 steps)"] = mj
-    truth = {name: ("train/true_success", 0.05, "verifier success") for name in settings}
+    truth = {
+        name: (
+            "train/true_success",
+            0.05,
+            "IFBench pass rate (loose)" if read_watch(js[0]["dir"]) else "verifier success",
+        )
+        for name, js in settings.items()
+    }
     if ablations_dir is not None and Path(ablations_dir).is_dir():
         aj, _ = load_jobs(Path(ablations_dir))
         for cfg, label in (("(reference)", "log_ratio"), ("reward=logprob", "logprob")):
@@ -81,7 +106,7 @@ def report_hacking(
     ]
     panels = []
     for name, js in settings.items():
-        curves = [read_curves(j["dir"]) for j in js]
+        curves = [read_watch(j["dir"]) or read_curves(j["dir"]) for j in js]
         curves = [c for c in curves if c and len(c.get("step", []))]
         if not curves:
             continue

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Study 4 (reward-hacking watch): DPR without KL at lr 1e-4 from each seed's SFT of experiment=main (run
 # experiments/main/run.sh first), recovered reward vs verifier success per step; the same on the graded path task
-# (experiment=hacking_paths, from experiment=main_paths). The real-text watch (recovered reward vs IFBench pass
-# rate over training) is not built yet. EXTRA: more overrides for every job.
+# (experiment=hacking_paths, from experiment=main_paths); and on real text (experiment=hacking_instruct, from the
+# instruct study: recovered reward vs IFBench pass rate of DPR's answers over training). EXTRA: more overrides.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 read -r -a EXTRA <<< "${EXTRA:-}"
@@ -12,9 +12,11 @@ for exp in hacking hacking_paths; do
   densepath -m experiment=$exp "$S" reward=logprob dpr.module.kl=k3 dpr.module.kl_coef=1.0 dpr.module.lr=1e-5 \
     resume=auto "${EXTRA[@]}"
 done
+densepath -m experiment=hacking_instruct "seed=${INSTRUCT_SEEDS:-0,1,2}" resume=auto "${EXTRA[@]}"
 [[ -n "${SKIP_REPORT:-}" ]] || {
   python -m experiments.hacking.report outputs/studies/hacking --out experiments/hacking \
     --main outputs/studies/main --ablations outputs/studies/ablations
   python -m experiments.hacking.report outputs/studies/hacking_paths --out experiments/hacking/paths \
     --main outputs/studies/main_paths
+  python -m experiments.hacking.report outputs/studies/hacking_instruct --out experiments/hacking/instruct
 }

@@ -59,3 +59,13 @@ class IFBenchSet:
         from densepath.eval.ifbench import write_responses_jsonl
 
         return write_responses_jsonl(path, records, responses)
+
+
+STAGE_KEYS = ("decoders", "decode_policies")  # `evalset` settings read by the stage, not by the set itself
+
+
+def build_evalset(node):
+    """The evaluation set of an `evalset` config node (its stage-only settings left out)."""
+    from hydra.utils import instantiate
+
+    return instantiate({k: v for k, v in node.items() if k not in STAGE_KEYS})

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from densepath.data.formatting import encode_prompt
+from densepath.eval.evalsets import build_evalset
 from densepath.models.device import autocast_for, device_for
 from densepath.models.io import load_policy
 from densepath.models.logprobs import response_logprobs
@@ -41,9 +42,6 @@ from densepath.stages.base import Stage, available_policies, policy_path
 from densepath.stages.common import build_sampler
 
 log = logging.getLogger(__name__)
-
-
-STAGE_KEYS = ("decoders", "decode_policies")  # evalset settings of the stage, not of the benchmark
 
 
 def parse_decoder(spec: str) -> tuple[str, str, int]:
@@ -66,7 +64,7 @@ class EvalSetStage(Stage):
             raise ValueError(
                 f"the `{name}` stage needs an evaluation set: add evalset=ifbench (the options are the files in conf/evalset/)"
             )
-        es = instantiate({k: v for k, v in node.items() if k not in STAGE_KEYS})  # the rest is the set's
+        es = build_evalset(node)
         records = es.records()
         es.check(records)  # unknown instruction ids fail here, before any generation
         policies = available_policies(ctx)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from hydra.utils import instantiate
 
+from densepath.callbacks.evalset_watch import EvalSetWatch
 from densepath.callbacks.samples import SampleTableCallback
 from densepath.callbacks.val_eval import ValEvalCallback, ValHeadline
 from densepath.data.formatting import encode_prompt
 from densepath.data.loader import ResumableLoader
+from densepath.eval.evalsets import build_evalset
 from densepath.eval.extras import RewardExtra
 from densepath.eval.verifier import Verifier
 from densepath.models.device import autocast_kind, device_for
@@ -80,14 +82,31 @@ class RLStage(TrainingStage):
         samples = SampleTableCallback(
             ctx.tokenizer, ctx.stage_dir(self.name) / "samples", node.sample_table_every, ctx.tracking
         )
+        callbacks = [self.selection, samples]
+        if int(node.get("watch_every") or 0) > 0:
+            callbacks.append(self._watch(ctx, node, sampler))
         return FitSetup(
             module=module,
             max_steps=node.steps,
             data={"train_dataloaders": loader},
-            callbacks=[self.selection, samples],
+            callbacks=callbacks,
             trainer_kwargs={"gradient_clip_val": None},
             parents=("recover", "sft"),
         )
+
+    def _watch(self, ctx, node, sampler) -> EvalSetWatch:
+        """`<stage>.watch_every`: the reward-hacking watch on the run's `evalset` (callbacks/evalset_watch.py)."""
+        if ctx.cfg.get("evalset") is None:
+            raise ValueError(
+                f"{self.name}.watch_every={node.watch_every} needs an evaluation set to watch: add evalset=ifbench "
+                f"(or set {self.name}.watch_every=0)"
+            )
+        es = build_evalset(ctx.cfg.evalset)
+        records = es.records()[: int(node.get("watch_prompts") or 16)]
+        es.check(records)
+        prompts = [encode_prompt(ctx.tokenizer, es.messages(r)) for r in records]
+        out = ctx.stage_dir(self.name) / "watch.jsonl"
+        return EvalSetWatch(es, ctx.tokenizer, prompts, records, sampler, self.reward, node.watch_every, out)
 
     def report(self, ctx, fs: FitSetup, metrics: dict):
         stage_dir, sel = ctx.stage_dir(self.name), self.selection
