@@ -242,8 +242,8 @@ def once_choice(
     jobs, p: str, head: str, higher_is_better: bool = True
 ) -> dict[str, tuple[str, float, float]]:
     """{seed: (decoder, eval `head`, eval cost)} of policy `p` decoded once: the single decode (greedy or a
-    temperature) with the best `val` score in that seed (ties: the cheaper, then greedy), as the `decode`
-    stage chooses among all its decoders."""
+    temperature) with the best `val` score in that seed; ties go to the cheaper on `val`, then to the first in
+    the `decode` stage's order (greedy, then temperatures ascending), exactly as the stage's `choose`."""
     from densepath.stages.decode import choose
 
     out = {}
@@ -252,10 +252,15 @@ def once_choice(
         decs = [d for d in decoders_of([j], p, head) if is_single(d) and f"{pre}/val/{d}/{head}" in m]
         if not decs:
             continue
+        decs.sort(key=lambda d: (d != "greedy", float(d[1:]) if d != "greedy" else 0.0))  # the stage's order
         val = {d: float(m[f"{pre}/val/{d}/{head}"]) for d in decs}
-        cost = {d: float(m.get(f"{pre}/eval/{d}/cost", math.inf)) for d in decs}
+        cost = {d: float(m.get(f"{pre}/val/{d}/cost", math.inf)) for d in decs}
         best = choose(val, cost, higher_is_better)
-        out[str(j["seed"])] = (best, float(m[f"{pre}/eval/{best}/{head}"]), cost[best])
+        out[str(j["seed"])] = (
+            best,
+            float(m[f"{pre}/eval/{best}/{head}"]),
+            float(m.get(f"{pre}/eval/{best}/cost", math.nan)),
+        )
     return out
 
 

@@ -175,6 +175,16 @@ def test_controls_interpolate_dpr():
     assert cfg.continued_sft_seen.steps == 17 and cfg.continued_sft_seen.k == 4
 
 
+@pytest.mark.parametrize("exp", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_decode_search_policies_are_decoded_policies(exp: str):
+    """A study's `decode.search_policies` must be among its `decode.policies` (the stage refuses otherwise,
+    after the training stages have run)."""
+    cfg = compose_cfg([f"experiment={exp}"], None)
+    search, policies = cfg.decode.get("search_policies"), cfg.decode.get("policies")
+    if search is not None and policies is not None:
+        assert set(search) <= set(policies), (exp, list(search), list(policies))
+
+
 def test_study_pipelines_run_both_continued_sft_controls():
     """experiment=main / beyond continue SFT on fresh and on seen demonstrations at the same settings;
     experiment=beyond_ratio is DPR on log_ratio from a parent run, then its own decoders."""

@@ -156,13 +156,15 @@ def test_read_curves_takes_the_logged_training_rows(tmp_path: Path):
 
 
 def _decode_metrics(p: str, table: dict[str, tuple[float, float, float]]) -> dict:
-    """decode/<p>/{val,eval}/<decoder>/success and eval cost from {decoder: (val, eval, cost)}."""
+    """decode/<p>/{val,eval}/<decoder>/success and cost from {decoder: (val, eval, cost)}; keys sorted, as
+    metrics.json stores them."""
     m = {}
     for d, (v, e, c) in table.items():
         m[f"decode/{p}/val/{d}/success"] = v
         m[f"decode/{p}/eval/{d}/success"] = e
+        m[f"decode/{p}/val/{d}/cost"] = c
         m[f"decode/{p}/eval/{d}/cost"] = c
-    return m
+    return dict(sorted(m.items()))
 
 
 def _frontier_jobs() -> list[dict]:
@@ -197,6 +199,14 @@ def test_once_choice_takes_the_best_single_decode_on_val_with_ties_to_the_cheape
     assert cost_to_match(front, 0.57)["decoder"] == "beam4"
     assert cost_to_match(front, 0.71) is None
     assert cost_to_match(front, 0.45, higher_is_better=False)["decoder"] == "T1"  # lower is better: 0.35
+    # a tie on val and cost goes to greedy (the stage's first decoder), although "T0.5" sorts before it
+    tie = [
+        {"seed": "0", "metrics": _decode_metrics("p", {"T0.5": (0.7, 0.1, 8.0), "greedy": (0.7, 0.2, 8.0)})}
+    ]
+    assert once_choice(tie, "p", "success")["0"] == ("greedy", 0.2, 8.0)
+    from densepath.stages.decode import choose
+
+    assert choose({"greedy": 0.7, "T0.5": 0.7}, {"greedy": 8.0, "T0.5": 8.0}) == "greedy"
 
 
 def test_frontier_md_reports_the_matching_cost_and_the_share_of_mode_answers():

@@ -7,16 +7,26 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 read -r -a EXTRA <<< "${EXTRA:-}"
 S=seed=${SEEDS:-0,1,2,3,4}
-for exp in hacking hacking_paths; do
+have() {  # the parent study has run (its seed dirs exist); otherwise say what to run first
+  [[ -d "outputs/studies/$1" ]] && return 0
+  echo "hacking: skipping $2: outputs/studies/$1 is missing (run $3 first)" >&2
+  return 1
+}
+for pair in "hacking main" "hacking_paths main_paths"; do
+  read -r exp parent <<< "$pair"
+  have "$parent" "$exp" experiments/main/run.sh || continue
   densepath -m experiment=$exp "$S" reward=log_ratio,logprob dpr.module.kl=none resume=auto "${EXTRA[@]}"
   densepath -m experiment=$exp "$S" reward=logprob dpr.module.kl=k3 dpr.module.kl_coef=1.0 dpr.module.lr=1e-5 \
     resume=auto "${EXTRA[@]}"
 done
-densepath -m experiment=hacking_instruct "seed=${INSTRUCT_SEEDS:-0,1,2}" resume=auto "${EXTRA[@]}"
+if have instruct hacking_instruct experiments/instruct/run.sh; then
+  densepath -m experiment=hacking_instruct "seed=${INSTRUCT_SEEDS:-0,1,2}" resume=auto "${EXTRA[@]}"
+fi
 [[ -n "${SKIP_REPORT:-}" ]] || {
-  python -m experiments.hacking.report outputs/studies/hacking --out experiments/hacking \
-    --main outputs/studies/main --ablations outputs/studies/ablations
-  python -m experiments.hacking.report outputs/studies/hacking_paths --out experiments/hacking/paths \
-    --main outputs/studies/main_paths
-  python -m experiments.hacking.report outputs/studies/hacking_instruct --out experiments/hacking/instruct
+  [[ ! -d outputs/studies/hacking ]] || python -m experiments.hacking.report outputs/studies/hacking \
+    --out experiments/hacking --main outputs/studies/main --ablations outputs/studies/ablations
+  [[ ! -d outputs/studies/hacking_paths ]] || python -m experiments.hacking.report outputs/studies/hacking_paths \
+    --out experiments/hacking/paths --main outputs/studies/main_paths
+  [[ ! -d outputs/studies/hacking_instruct ]] || python -m experiments.hacking.report \
+    outputs/studies/hacking_instruct --out experiments/hacking/instruct
 }
