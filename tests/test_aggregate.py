@@ -106,6 +106,7 @@ def test_configuration_key_drops_seed_and_bookkeeping():
         "hydra.run.dir=x",
         "parent_run=/a/b",
         "resume=true",
+        "threads=1",
         "dpr.module.lr=1e-5",
     ]
     assert split_overrides(ovs, "seed") == ("dpr.module.lr=1e-5,reward=logprob", "4")
@@ -322,3 +323,25 @@ def test_paired_bootstrap_matches_a_loop_over_the_same_draws():
     assert r["lo"] <= r["mean"] <= r["hi"]
     zero = paired_bootstrap([1.0, 0.0, 1.0], [1.0, 0.0, 1.0])
     assert (zero["mean"], zero["lo"], zero["hi"], zero["p"]) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_paired_bootstrap_with_weights_resamples_whole_clusters():
+    """weights = instructions per prompt: the statistic is the instruction-level difference, and each
+    resample draws whole prompts (compared with a loop over the same draws)."""
+    from densepath.sweeps.stats import paired_bootstrap
+
+    rng = np.random.default_rng(2)
+    n_instr = rng.integers(1, 4, size=30)
+    a = rng.integers(0, n_instr + 1) / n_instr  # per-prompt pass rates
+    b = rng.integers(0, n_instr + 1) / n_instr
+    r = paired_bootstrap(a, b, n_boot=300, seed=5, weights=n_instr)
+    assert r["mean"] == pytest.approx(float(((a - b) * n_instr).sum() / n_instr.sum()))
+    idx = np.random.default_rng(5).integers(0, 30, size=(300, 30))
+    ref = []
+    for row in idx:
+        num = sum(float(n_instr[i]) * (float(a[i]) - float(b[i])) for i in row)
+        ref.append(num / sum(float(n_instr[i]) for i in row))
+    assert r["lo"] == pytest.approx(float(np.quantile(ref, 0.025)))
+    assert r["hi"] == pytest.approx(float(np.quantile(ref, 0.975)))
+    with pytest.raises(ValueError, match="2 weights; pair them first"):
+        paired_bootstrap([1.0], [0.0], weights=[1, 2])

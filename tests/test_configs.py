@@ -194,6 +194,8 @@ def test_study_pipelines_run_both_continued_sft_controls():
         assert stages.index("continued_sft") + 1 == stages.index("continued_sft_seen"), exp
         assert (cfg.continued_sft.demos, cfg.continued_sft_seen.demos) == ("fresh", "seen")
         assert cfg.continued_sft_seen.module.lr == 2e-4 and cfg.continued_sft_seen.module.loss == "nll"
+        own = compose_cfg([f"experiment={exp}", "continued_sft_seen.module.lr=1e-5"], None)
+        assert own.continued_sft_seen.module.lr == 1e-5 and own.continued_sft.module.lr != 1e-5
         assert cfg.pipeline.stages.continued_sft_seen._target_.endswith("ContinuedSFTStage")
     beyond = compose_cfg(["experiment=beyond"], None)
     assert beyond.data._target_.endswith("KnownRewardTask") and beyond.data.starts == "all"  # broadened

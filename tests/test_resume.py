@@ -171,3 +171,31 @@ def test_resumable_loader_continues_mid_epoch():
     resumed.load_state_dict({"consumed_batches": 4})  # epoch 1, batch 1
     rest = [b.tolist() for b in resumed] + [b.tolist() for b in resumed]
     assert rest == seen[4:]
+
+
+def test_evalset_watch_keeps_points_up_to_the_resumed_step_and_measures_the_rest_again(tmp_path: Path):
+    """A run that stopped after its last checkpoint re-measures the watch points past the step it resumes at
+    (they came from training that is being redone) and keeps the earlier ones."""
+    import json
+    from types import SimpleNamespace
+
+    from densepath.callbacks.evalset_watch import EvalSetWatch
+
+    out = tmp_path / "watch.jsonl"
+    out.write_text("".join(json.dumps({"step": s, "reward": float(s)}) + "\n" for s in (0, 2, 4, 6)))
+    w = EvalSetWatch(None, None, [], [], None, None, every=2, out=out)
+    seen = []
+
+    def fake_watch(trainer, module, step):  # no model here: record the calls (the real one also sets `last`)
+        seen.append(step)
+        w.last = max(w.last, step)
+
+    w._watch = fake_watch
+    trainer = SimpleNamespace(global_step=2, is_global_zero=True, max_steps=8)
+    w.on_train_start(trainer, None)
+    assert [json.loads(x)["step"] for x in out.read_text().splitlines()] == [0, 2]
+    assert w.done == {0, 2} and w.last == 2 and seen == [2]
+    for step in (3, 4, 5, 7, 8):  # ppo_epochs > 1 may skip a multiple: crossing it counts
+        trainer.global_step = step
+        w.on_train_batch_end(trainer, None, None, None, 0)
+    assert seen == [2, 4, 7, 8]  # 4; 6 skipped by the step count, so 7 crosses it; 8 is the last step

@@ -376,8 +376,12 @@ def test_instruct_report_pairs_by_prompt_with_mcnemar_and_over_seeds(tmp_path: P
         f"| sft | 0 | 10 | 3 | 1 | 20.0 | {r0['p']:.3f} | {r0['p']:.3f} | 20.0 [{100 * b0['lo']:.1f}, "
         f"{100 * b0['hi']:.1f}] |" in md
     )
-    pooled = mcnemar(dpr_pass * 3, sft_pass[0] + sft_pass[1] + sft_pass[2])
-    assert f"| sft | pooled | 30 | {pooled['a_only']} | {pooled['b_only']} |" in md
+    # pooled: each prompt's pass averaged over the 3 seeds, bootstrapped over the 10 prompts
+    a = np.array(dpr_pass, dtype=float)
+    b = np.mean([np.array(sft_pass[s], dtype=float) for s in range(3)], axis=0)
+    pooled = paired_bootstrap(a, b)
+    assert f"| sft | pooled | 10 | - | - | {100 * pooled['mean']:.1f} [{100 * pooled['lo']:.1f}, " in md
+    assert f"{100 * pooled['hi']:.1f}] | {pooled['p']:.3f} |" in md
     # over seeds: prompt loose 60% vs 40% in every seed: no test, said so
     assert "| dpr − sft | 3 | 20.000 | [20.000, 20.000] | every seed gives this difference: no test |" in md
     nll = np.array([-0.0, -0.01, -0.02])

@@ -4,8 +4,8 @@ ShareGPT, IFBench by its official checkers).
 `python -m experiments.instruct.report outputs/studies/instruct --out experiments/instruct` writes results.md,
 results.json, instruct.png and copies seed 0's token heatmaps. Every policy answers the same IFBench prompts,
 so comparisons are paired twice: over seeds (paired t on the per-seed accuracy) and over prompts (an exact
-McNemar test on prompt-level pass/fail, a paired bootstrap on instruction-level pass/fail; per seed and pooled
-over the seeds' prompt pairs, which are not independent across seeds: the same prompts recur).
+McNemar test on prompt-level pass/fail and a bootstrap over prompts of the instruction-level difference per seed;
+pooled over seeds by averaging each prompt over the seeds and bootstrapping over prompts).
 """
 
 from __future__ import annotations
@@ -65,44 +65,72 @@ def results_of(job: dict, policy: str) -> dict[str, dict] | None:
     return {r["key"]: r for r in rows}
 
 
-def paired_outcomes(a: dict, b: dict, mode: str) -> tuple[list[bool], list[bool], list[float], list[float]]:
-    """Prompt-level pass/fail of a and b on the prompts both could score, and instruction-level outcomes
-    (one per scorable instruction) of the same prompts."""
-    pa, pb, ia, ib = [], [], [], []
+def paired_outcomes(a: dict, b: dict, mode: str) -> dict[str, tuple[float, float, float, float, int]]:
+    """{prompt key: (a passed, b passed, a's instruction pass rate, b's, scorable instructions)} over the
+    prompts both could score."""
+    out = {}
     for key in sorted(set(a) & set(b)):
         ra, rb = a[key], b[key]
         if ra[f"prompt_{mode}"] is None or rb[f"prompt_{mode}"] is None:
             continue
-        pa.append(bool(ra[f"prompt_{mode}"]))
-        pb.append(bool(rb[f"prompt_{mode}"]))
-        for x, y in zip(ra[mode], rb[mode]):
-            if x is not None and y is not None:
-                ia.append(float(x))
-                ib.append(float(y))
-    return pa, pb, ia, ib
+        pairs = [(float(x), float(y)) for x, y in zip(ra[mode], rb[mode]) if x is not None and y is not None]
+        n = len(pairs)
+        out[key] = (
+            float(ra[f"prompt_{mode}"]),
+            float(rb[f"prompt_{mode}"]),
+            sum(x for x, _ in pairs) / max(1, n),
+            sum(y for _, y in pairs) / max(1, n),
+            n,
+        )
+    return out
 
 
 def by_prompt(jobs: list[dict], target: str, ref: str, mode: str) -> list[dict]:
-    """McNemar (prompt level) and paired bootstrap (instruction level) of target vs ref: one row per seed
-    and one pooled over every seed's prompt pairs."""
-    rows, pooled = [], ([], [], [], [])
+    """target vs ref paired by prompt. Per seed: exact McNemar on prompt pass/fail, and the instruction-level
+    difference bootstrapped over prompts (a prompt's instructions resampled together). Pooled: each prompt's
+    pass (and instruction pass rate) averaged over the seeds, then bootstrapped over prompts: the prompts are
+    the independent units, the seeds' answers to one prompt are not."""
+    rows, per_prompt = [], {}
     for j in sorted(jobs, key=lambda j: seed_sort_key(j["seed"])):
         a, b = results_of(j, target), results_of(j, ref)
         if a is None or b is None:
             continue
         out = paired_outcomes(a, b, mode)
-        for acc, x in zip(pooled, out):
-            acc.extend(x)
+        for k, v in out.items():
+            per_prompt.setdefault(k, []).append(v)
+        v = list(out.values())
+        seed = int(j["seed"]) if str(j["seed"]).isdigit() else 0
         rows.append(
-            {"seed": str(j["seed"]), **_tests(*out, seed=int(j["seed"]) if str(j["seed"]).isdigit() else 0)}
+            {
+                "seed": str(j["seed"]),
+                "prompt": mcnemar([x[0] > 0.5 for x in v], [x[1] > 0.5 for x in v]),
+                "instruction": paired_bootstrap(
+                    [x[2] for x in v], [x[3] for x in v], seed=seed, weights=[x[4] for x in v]
+                ),
+            }
         )
     if len(rows) > 1:
-        rows.append({"seed": "pooled", **_tests(*pooled, seed=0)})
+        means = [np.mean(np.asarray(vs, dtype=float), axis=0) for vs in per_prompt.values()]  # per prompt
+        pooled_prompt = paired_bootstrap([m[0] for m in means], [m[1] for m in means])
+        rows.append(
+            {
+                "seed": "pooled",
+                "prompt": {
+                    "n": len(means),
+                    "a_only": None,
+                    "b_only": None,
+                    "diff": pooled_prompt["mean"],
+                    "p": pooled_prompt["p"],
+                    "lo": pooled_prompt["lo"],
+                    "hi": pooled_prompt["hi"],
+                    "test": "bootstrap over prompts",
+                },
+                "instruction": paired_bootstrap(
+                    [m[2] for m in means], [m[3] for m in means], weights=[m[4] for m in means]
+                ),
+            }
+        )
     return rows
-
-
-def _tests(pa, pb, ia, ib, seed: int) -> dict:
-    return {"prompt": mcnemar(pa, pb), "instruction": paired_bootstrap(ia, ib, n_boot=10_000, seed=seed)}
 
 
 def report_instruct(sweep: Path, out: Path) -> None:
@@ -157,10 +185,12 @@ def report_instruct(sweep: Path, out: Path) -> None:
         "",
         "## DPR − each control, paired by prompt",
         "",
-        "Prompt level: exact McNemar test on pass/fail (`DPR only` / `ctrl only` = prompts only one of the two "
-        "passes). Instruction level: paired bootstrap (10,000 resamples) of the pass-rate difference over "
-        "instructions. `pooled` = every seed's pairs together. p (Holm) is adjusted over the controls within "
-        "each seed row. Loose: every seed and pooled; strict: pooled.",
+        "Per seed, prompt level: exact McNemar test on pass/fail (`DPR only` / `ctrl only` = prompts only one of "
+        "the two passes). Instruction level: the pass-rate difference over instructions, bootstrapped over "
+        "prompts (10,000 resamples; a prompt's instructions stay together). `pooled`: each prompt's pass "
+        "averaged over the seeds, bootstrapped over prompts (the prompts are the independent units; one "
+        "prompt's answers across seeds are not); its p is the bootstrap p. p (Holm) is adjusted over the "
+        "controls within each seed row. Loose: every seed and pooled; strict: pooled.",
     ]
     prompt_tests = {}
     for mode in ("loose", "strict"):
@@ -168,7 +198,7 @@ def report_instruct(sweep: Path, out: Path) -> None:
             "",
             f"### {mode}",
             "",
-            "| vs | seed | prompts | DPR only | ctrl only | prompt diff (pts) | McNemar p | p (Holm) | "
+            "| vs | seed | prompts | DPR only | ctrl only | prompt diff (pts) | McNemar p (pooled: bootstrap) | p (Holm) | "
             "instr. diff (pts) [95% CI] | bootstrap p |",
             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
@@ -187,8 +217,14 @@ def report_instruct(sweep: Path, out: Path) -> None:
                 else [r for r in rows if r["seed"] in ("pooled", rows[-1]["seed"])][-1:]
             ):
                 pt, it = r["prompt"], r["instruction"]
+                only = (
+                    "- | -" if pt["a_only"] is None else f"{pt['a_only']} | {pt['b_only']}"
+                )  # pooled: no McNemar counts
+                diff = fmt(100 * pt["diff"], 1) + (
+                    f" [{fmt(100 * pt['lo'], 1)}, {fmt(100 * pt['hi'], 1)}]" if "lo" in pt else ""
+                )
                 md.append(
-                    f"| {c} | {r['seed']} | {pt['n']} | {pt['a_only']} | {pt['b_only']} | {fmt(100 * pt['diff'], 1)} | "
+                    f"| {c} | {r['seed']} | {pt['n']} | {only} | {diff} | "
                     f"{fmt_p(pt['p'])} | {fmt_p(adj[c, r['seed']])} | {fmt(100 * it['mean'], 1)} "
                     f"[{fmt(100 * it['lo'], 1)}, {fmt(100 * it['hi'], 1)}] | {fmt_p(it['p'])} |"
                 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -22,25 +23,44 @@ log = logging.getLogger(__name__)
 
 
 class EvalSetWatch(L.Callback):
-    def __init__(self, evalset, tokenizer, prompts, records, sampler, reward, every: int, out: Path):
+    def __init__(
+        self,
+        evalset,
+        tokenizer,
+        prompts,
+        records,
+        sampler,
+        reward,
+        every: int,
+        out: Path,
+        autocast=nullcontext,
+    ):
         self.es, self.tok, self.prompts, self.records = evalset, tokenizer, prompts, records
         self.sampler, self.reward, self.every, self.out = sampler, reward, int(every), Path(out)
+        self.autocast = autocast  # () -> the run's autocast context (the evalset stage decodes under it too)
         self.done: set[int] = set()
-        if self.out.exists():  # a resumed run keeps its earlier points
-            self.done = {json.loads(x)["step"] for x in self.out.read_text().splitlines() if x.strip()}
+        self.last = -1  # the last step watched
 
     def on_train_start(self, trainer, pl_module):
-        self._watch(
-            trainer, pl_module, int(trainer.global_step), log_metrics=False
-        )  # Lightning: no log() here
+        # a resumed run keeps the points up to where it resumes; later ones (from an attempt that stopped
+        # before its next checkpoint) are measured again
+        step = int(trainer.global_step)
+        if self.out.exists() and trainer.is_global_zero:
+            rows = [json.loads(x) for x in self.out.read_text(encoding="utf-8").splitlines() if x.strip()]
+            rows = [r for r in rows if r["step"] <= step]
+            self.out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            self.done = {r["step"] for r in rows}
+            self.last = max(self.done, default=-1)
+        self._watch(trainer, pl_module, step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = int(trainer.global_step)
-        if self.every > 0 and (step % self.every == 0 or step == trainer.max_steps):
+        step = int(trainer.global_step)  # may advance by more than 1 per batch (ppo_epochs > 1)
+        crossed = self.every > 0 and step // self.every > max(self.last, 0) // self.every
+        if crossed or step >= trainer.max_steps:
             self._watch(trainer, pl_module, step)
 
     @torch.no_grad()
-    def _watch(self, trainer, pl_module, step: int, log_metrics: bool = True) -> None:
+    def _watch(self, trainer, pl_module, step: int) -> None:
         if self.every <= 0 or step in self.done or not trainer.is_global_zero:
             return
         model = pl_module.policy
@@ -50,10 +70,11 @@ class EvalSetWatch(L.Callback):
         texts, lengths, truncated, rewards = [], [], [], []
         bs = max(1, int(self.es.batch_size))
         for i in range(0, len(self.prompts), bs):
-            b = self.sampler.generate(
-                model, self.prompts[i : i + bs], k=1, greedy=True, max_new_tokens=max_new
-            )
-            r = self.reward.score(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
+            with self.autocast():
+                b = self.sampler.generate(
+                    model, self.prompts[i : i + bs], k=1, greedy=True, max_new_tokens=max_new
+                )
+                r = self.reward.score(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
             rewards.extend(float(v) for v in (r.float() * b.response_mask).sum(-1).cpu())
             for ids, m in zip(b.response_ids.cpu(), b.response_mask.cpu().bool()):
                 ids = ids[m].tolist()
@@ -76,7 +97,9 @@ class EvalSetWatch(L.Callback):
         with self.out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         self.done.add(step)
-        for k, v in row.items():
-            if log_metrics and k not in ("step", "n"):
-                pl_module.log(f"watch/{self.es.name}/{k}", v, on_step=True, on_epoch=False)
+        self.last = max(self.last, step)
+        # straight to the loggers: every point, whatever trainer.log_every_n_steps (and allowed at train start)
+        logged = {f"watch/{self.es.name}/{k}": v for k, v in row.items() if k not in ("step", "n")}
+        for lg in trainer.loggers:
+            lg.log_metrics(logged, step=step)
         log.info("watch at step %d: %s", step, {k: round(v, 3) for k, v in row.items() if k != "step"})

@@ -173,6 +173,9 @@ class EvalSetStage(Stage):
         (texts, lengths, truncated flags, cost per answer)."""
         name, kind, n = decoder
         s, bs, max_new = self.sampler, max(1, int(es.batch_size)), int(es.max_new_tokens)
+        torch.manual_seed(
+            int(ctx.cfg.seed)
+        )  # best-of-N draws do not depend on what ran before (cache, resume)
         texts, lengths, truncated, cost = [], [], [], []
         with autocast_for(ctx.cfg.trainer):
             for i in tqdm(range(0, len(prompts), bs), desc=f"{name}: answering", leave=False, disable=None):

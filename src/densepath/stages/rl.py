@@ -16,7 +16,7 @@ from densepath.data.loader import ResumableLoader
 from densepath.eval.evalsets import build_evalset
 from densepath.eval.extras import RewardExtra
 from densepath.eval.verifier import Verifier
-from densepath.models.device import autocast_kind, device_for
+from densepath.models.device import autocast_for, autocast_kind, device_for
 from densepath.models.factory import prepare_policy
 from densepath.models.io import load_policy, save_policy
 from densepath.rewards.builder import build_on_shared_base, build_reward
@@ -106,7 +106,17 @@ class RLStage(TrainingStage):
         es.check(records)
         prompts = [encode_prompt(ctx.tokenizer, es.messages(r)) for r in records]
         out = ctx.stage_dir(self.name) / "watch.jsonl"
-        return EvalSetWatch(es, ctx.tokenizer, prompts, records, sampler, self.reward, node.watch_every, out)
+        return EvalSetWatch(
+            es,
+            ctx.tokenizer,
+            prompts,
+            records,
+            sampler,
+            self.reward,
+            node.watch_every,
+            out,
+            autocast=lambda: autocast_for(ctx.cfg.trainer),
+        )
 
     def report(self, ctx, fs: FitSetup, metrics: dict):
         stage_dir, sel = ctx.stage_dir(self.name), self.selection

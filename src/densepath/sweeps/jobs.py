@@ -24,7 +24,7 @@ DEFAULT_SEED_KEY = "seed"
 DEFAULT_CONFIG = "(default)"
 UNREADABLE_CONFIG = "(unreadable overrides)"
 # Overrides that never define a configuration: Hydra's own settings and run bookkeeping.
-_IGNORED_KEYS = ("parent_run", "resume")
+_IGNORED_KEYS = ("parent_run", "resume", "threads")  # bookkeeping: they do not change what a job computes
 _IGNORED_PREFIXES = ("hydra.", "hydra/")
 
 STATUS_FINISHED = "finished"

@@ -119,23 +119,40 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
 
 
 def paired_bootstrap(
-    a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0, level: float = CI_LEVEL
+    a: Sequence[float],
+    b: Sequence[float],
+    n_boot: int = 10_000,
+    seed: int = 0,
+    level: float = CI_LEVEL,
+    weights: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Paired bootstrap of mean(a - b) over items (e.g. prompts, each scored by two policies): the mean
-    difference, its percentile interval, and the two-sided bootstrap p-value (twice the smaller share of
-    resampled means on either side of 0, at least 1/n_boot)."""
-    if len(a) != len(b):
-        raise ValueError(f"paired_bootstrap: {len(a)} values for a but {len(b)} for b; pair them first")
+    """Paired bootstrap over items (e.g. prompts, each scored by two policies) of the weighted mean difference
+    sum(w (a - b)) / sum(w) (w = 1: the plain mean): the difference, its percentile interval, and the
+    two-sided bootstrap p-value (twice the smaller share of resampled differences on either side of 0, at
+    least 1/n_boot).
+
+    With a = per-prompt pass rates over its instructions and w = its instruction count, this is the
+    instruction-level accuracy difference, resampled by prompt: instructions of one prompt stay together
+    (they are not independent), which a bootstrap over single instructions would ignore."""
+    if len(a) != len(b) or (weights is not None and len(weights) != len(a)):
+        raise ValueError(
+            f"paired_bootstrap: {len(a)} values for a, {len(b)} for b"
+            + ("" if weights is None else f", {len(weights)} weights")
+            + "; pair them first"
+        )
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)  # (n,)
+    w = np.ones_like(d) if weights is None else np.asarray(weights, dtype=np.float64)  # (n,)
     n = len(d)
-    if n == 0:
-        return {"n": 0, "mean": math.nan, "lo": math.nan, "hi": math.nan, "p": math.nan}
+    if n == 0 or w.sum() <= 0:
+        return {"n": n, "mean": math.nan, "lo": math.nan, "hi": math.nan, "p": math.nan}
     rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)  # (n_boot,)
+    idx = rng.integers(0, n, size=(n_boot, n))  # (n_boot, n)
+    wi = w[idx]
+    means = (wi * d[idx]).sum(axis=1) / np.maximum(wi.sum(axis=1), 1e-300)  # (n_boot,)
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [tail, 1.0 - tail])
     if np.all(d == 0):
         p = 1.0
     else:
         p = min(1.0, max(2.0 * min(float((means <= 0).mean()), float((means >= 0).mean())), 1.0 / n_boot))
-    return {"n": n, "mean": float(d.mean()), "lo": float(lo), "hi": float(hi), "p": p}
+    return {"n": n, "mean": float((w * d).sum() / w.sum()), "lo": float(lo), "hi": float(hi), "p": p}
