@@ -363,7 +363,8 @@ def frontier_md(
 
 def plot_frontier(ax, jobs, head: str, policies: Sequence[str], ylabel: str = "") -> None:
     """Eval score (mean over seeds, 95% CI bars) against cost per answer (log x): every decoder of each
-    policy, its single decodes filled, the rest hollow; the line joins each policy's decoders by cost."""
+    policy, its single decodes filled, the rest hollow; each policy's line is its frontier, the best mean
+    score at or below each cost."""
     drawn = 0
     for i, p in enumerate(policies):
         front = frontier(jobs, p, head)
@@ -374,7 +375,8 @@ def plot_frontier(ax, jobs, head: str, policies: Sequence[str], ylabel: str = ""
         xs = [r["cost"] for r in front]
         ys = [r["stats"]["mean"] for r in front]
         err = [r["stats"]["ci95"] if math.isfinite(r["stats"]["ci95"]) else 0.0 for r in front]
-        ax.plot(xs, ys, color=c, lw=1, alpha=0.6)
+        envelope = np.maximum.accumulate(ys)  # the frontier: the best mean score at or below each cost
+        ax.step(xs, envelope, where="post", color=c, lw=1, alpha=0.6)
         for r, x, y, e in zip(front, xs, ys, err):
             single = is_single(r["decoder"])
             ax.errorbar(
