@@ -74,7 +74,17 @@ def condition_rows(parents: list[dict], ratio: dict[str, list[dict]]) -> dict[st
     for base, name in RATIO.items():
         rows[f"{name} once (val)"] = once_rows(ratio.get(base, []), "dpr", HEAD)
     rows["dpr logprob, last ckpt, greedy"] = by_seed(parents, f"dpr/eval_last/greedy/{HEAD}")
+    for base, name in RATIO.items():
+        rows[f"{name}, last ckpt, greedy"] = by_seed(ratio.get(base, []), f"dpr/eval_last/greedy/{HEAD}")
     return {k: v for k, v in rows.items() if v}
+
+
+def best_steps(parents: list[dict], ratio: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """{DPR arm: {seed: best-`val` step}} (0 = the SFT policy itself was best on `val`)."""
+    out = {"dpr logprob": by_seed(parents, "dpr/val/best_step")}
+    for base, name in RATIO.items():
+        out[name] = by_seed(ratio.get(base, []), "dpr/val/best_step")
+    return {k: v for k, v in out.items() if v}
 
 
 def report_beyond(study: Path, out: Path) -> None:
@@ -110,6 +120,18 @@ def report_beyond(study: Path, out: Path) -> None:
                 f"| {n} | {stats[n]['n']} | {fmt_ci(stats[n])} | "
                 + (f"{fmt(gap['mean'])} [{fmt(gap['lo'])}, {fmt(gap['hi'])}]" if gap and gap["n"] else "")
                 + " |"
+            )
+        steps = best_steps(parents, ratio)
+        md_cond += [
+            "",
+            "Best-`val` step per seed (0 = SFT itself was best on `val`; of 100): "
+            + "; ".join(f"{a}: " + ", ".join(str(int(v)) for v in st.values()) for a, st in steps.items()),
+        ]
+        zero = [a for a, st in steps.items() if sum(v == 0 for v in st.values()) > len(st) / 2]
+        if zero:
+            md_cond.append(
+                f"**Step 0 was best on `val` in most seeds for {', '.join(zero)}**: their `once (val)` rows are SFT "
+                "itself (an SFT-vs-SFT comparison); their `last ckpt` rows show where the training went."
             )
         pairs = [
             ("dpr logprob once (val)", "sft once (val)"),
@@ -156,9 +178,17 @@ def report_beyond(study: Path, out: Path) -> None:
                 },
                 "match": None if match is None else {"decoder": match["decoder"], "cost": match["cost"]},
                 "dpr_cost": front["once_cost"]["mean"],
+                "step0": zero,
             }
         )
-        data[c] = {"rows": rows, "stats": stats, "comparisons": comps, "frontier": front, "fidelity": fid}
+        data[c] = {
+            "rows": rows,
+            "stats": stats,
+            "comparisons": comps,
+            "frontier": front,
+            "fidelity": fid,
+            "best_steps": steps,
+        }
 
     def diff_cell(d):
         if not d:
