@@ -147,7 +147,13 @@ def compare_rows(rows: dict[str, dict[str, float]], ref: str, names: Sequence[st
     strictest Holm step, alpha / m (m = comparisons in the set): a conservative planning figure, since a
     comparison's actual Holm level depends on where its p-value ranks. Zero-variance differences (every
     seed the same) get no p-value: `zero_variance` says so."""
-    comps = [dict(name=n, **paired_differences(rows[n], rows[ref])) for n in names if n != ref and n in rows]
+    return _holm_set(
+        [dict(name=n, **paired_differences(rows[n], rows[ref])) for n in names if n != ref and n in rows]
+    )
+
+
+def _holm_set(comps: list[dict]) -> list[dict]:
+    """Holm-adjusted p-values, the strictest Holm level alpha / m and the MDE at it, over one set."""
     m = max(1, len(comps))
     for c, padj in zip(comps, holm([c["p"] for c in comps])):
         c["p_holm"] = padj
@@ -159,17 +165,13 @@ def compare_rows(rows: dict[str, dict[str, float]], ref: str, names: Sequence[st
 def compare_pairs(rows: dict[str, dict[str, float]], pairs: Sequence[tuple[str, str]]) -> list[dict]:
     """Paired differences a - b for each (a, b) in `pairs` present in `rows`, Holm-adjusted over the set,
     as :func:`compare_rows` (each entry's `name` is "a − b")."""
-    comps = [
-        dict(name=f"{a} − {b}", **paired_differences(rows[a], rows[b]))
-        for a, b in pairs
-        if a in rows and b in rows
-    ]
-    m = max(1, len(comps))
-    for c, padj in zip(comps, holm([c["p"] for c in comps])):
-        c["p_holm"] = padj
-        c["alpha_holm"] = 0.05 / m
-        c["mde"] = min_detectable_effect(c["sd"], c["n"], alpha=0.05 / m)
-    return comps
+    return _holm_set(
+        [
+            dict(name=f"{a} − {b}", **paired_differences(rows[a], rows[b]))
+            for a, b in pairs
+            if a in rows and b in rows
+        ]
+    )
 
 
 def compare_md(comps: list[dict], ref: str | None, unit: str, nd: int = 3) -> list[str]:

@@ -19,6 +19,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from densepath.eval.evalsets import read_answers
+
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ class EvalSetWatch(L.Callback):
         model = pl_module.policy
         was_training = model.training
         model.eval()
-        eos, max_new = self.tok.eos_token_id, int(self.es.max_new_tokens)
+        max_new = int(self.es.max_new_tokens)
         texts, lengths, truncated, rewards = [], [], [], []
         bs = max(1, int(self.es.batch_size))
         for i in range(0, len(self.prompts), bs):
@@ -76,12 +78,8 @@ class EvalSetWatch(L.Callback):
                 )
                 r = self.reward.score(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
             rewards.extend(float(v) for v in (r.float() * b.response_mask).sum(-1).cpu())
-            for ids, m in zip(b.response_ids.cpu(), b.response_mask.cpu().bool()):
-                ids = ids[m].tolist()
-                ended = bool(ids) and ids[-1] == eos
-                truncated.append(float(not ended and len(ids) >= max_new))
-                lengths.append(float(len(ids)))
-                texts.append(self.tok.decode(ids[:-1] if ended else ids, skip_special_tokens=True))
+            for out, x in zip((texts, lengths, truncated), read_answers(self.tok, b, max_new)):
+                out.extend(x)
         if was_training:
             model.train()
         _, summary, _, _ = self.es.score(self.records, texts)

@@ -69,3 +69,16 @@ def build_evalset(node):
     from hydra.utils import instantiate
 
     return instantiate({k: v for k, v in node.items() if k not in STAGE_KEYS})
+
+
+def read_answers(tokenizer, batch, max_new_tokens: int) -> tuple[list[str], list[float], list[float]]:
+    """(texts, lengths, truncated flags) of a batch of generated answers: EOS dropped from the text, an
+    answer truncated when it hit `max_new_tokens` without EOS."""
+    eos, texts, lengths, truncated = tokenizer.eos_token_id, [], [], []
+    for ids, m in zip(batch.response_ids.cpu(), batch.response_mask.cpu().bool()):
+        ids = ids[m].tolist()
+        ended = bool(ids) and ids[-1] == eos
+        truncated.append(float(not ended and len(ids) >= max_new_tokens))
+        lengths.append(float(len(ids)))
+        texts.append(tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=True))
+    return texts, lengths, truncated

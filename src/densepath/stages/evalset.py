@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from densepath.data.formatting import encode_prompt
-from densepath.eval.evalsets import build_evalset
+from densepath.eval.evalsets import build_evalset, read_answers
 from densepath.models.device import autocast_for, device_for
 from densepath.models.io import load_policy
 from densepath.models.logprobs import response_logprobs
@@ -151,20 +151,10 @@ class EvalSetStage(Stage):
                 batch = self.sampler.generate(
                     model, prompts[s : s + bs], k=1, greedy=True, max_new_tokens=int(es.max_new_tokens)
                 )
-                for out, x in zip((texts, lengths, truncated), self._read(ctx, batch, es)):
+                for out, x in zip(
+                    (texts, lengths, truncated), read_answers(ctx.tokenizer, batch, int(es.max_new_tokens))
+                ):
                     out.extend(x)
-        return texts, lengths, truncated
-
-    @staticmethod
-    def _read(ctx, batch, es) -> tuple[list[str], list[float], list[float]]:
-        """(texts, lengths, truncated flags) of a batch of answers; EOS is dropped from the text."""
-        eos, texts, lengths, truncated = ctx.tokenizer.eos_token_id, [], [], []
-        for ids, m in zip(batch.response_ids.cpu(), batch.response_mask.cpu().bool()):
-            ids = ids[m].tolist()
-            ended = bool(ids) and ids[-1] == eos
-            truncated.append(float(not ended and len(ids) >= int(es.max_new_tokens)))
-            lengths.append(float(len(ids)))
-            texts.append(ctx.tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=True))
         return texts, lengths, truncated
 
     @torch.no_grad()
@@ -200,7 +190,9 @@ class EvalSetStage(Stage):
                     rows = torch.arange(len(part), device=pick.device) * n + pick
                     batch = select_rows(cand, rows)
                     c = cand.response_mask.sum(-1).view(-1, n).sum(-1) * 2  # generation + one scoring model
-                for out, x in zip((texts, lengths, truncated), self._read(ctx, batch, es)):
+                for out, x in zip(
+                    (texts, lengths, truncated), read_answers(ctx.tokenizer, batch, int(es.max_new_tokens))
+                ):
                     out.extend(x)
                 cost.extend(float(v) for v in c.cpu())
         return texts, lengths, truncated, cost
