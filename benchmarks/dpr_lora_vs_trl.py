@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import functools
 import logging
 import math
 import resource
@@ -379,8 +378,10 @@ def run_trl(
     Returns the per-step records and what the policy ran with (attention kernel, gradient checkpointing).
     """
     from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
+    from transformers import PrinterCallback
     from trl import RLOOTrainer
+
+    from benchmarks.dpr_vs_trl import instrument_trl
 
     records: list[dict] = []
     expected = {tuple(p) for p in prompts}
@@ -395,53 +396,7 @@ def run_trl(
             processing_class=tok,
             peft_config=lora_peft_config(w),
         )
-        orig_generate = trainer._generate
-        orig_gen_score = trainer._generate_and_score_completions
-
-        @functools.wraps(orig_generate)
-        def _generate(prompts_text):
-            t0 = time.perf_counter()
-            out = orig_generate(prompts_text)
-            timings["generate"] += time.perf_counter() - t0
-            prompt_ids, completion_ids = out[0], out[1]
-            timings["tokens"] += sum(len(c) for c in completion_ids)
-            timings["prompt_tokens"] += sum(len(p) for p in prompt_ids)
-            timings["foreign_prompts"] += sum(tuple(p) not in expected for p in prompt_ids)
-            return out
-
-        @functools.wraps(orig_gen_score)
-        def _gen_score(inputs):
-            t0 = time.perf_counter()
-            out = orig_gen_score(inputs)
-            timings["gen_score"] += time.perf_counter() - t0
-            return out
-
-        trainer._generate = _generate
-        trainer._generate_and_score_completions = _gen_score
-
-        class StepTimer(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kw):
-                timings.clear()
-                self.t0 = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kw):
-                step = time.perf_counter() - self.t0
-                gen, rew, gs = timings["generate"], timings["reward"], timings["gen_score"]
-                records.append(
-                    {
-                        "step": step,
-                        "generate": gen,
-                        "reward": rew,
-                        "policy+ref logp": gs - gen - rew,
-                        "score": gs - gen,
-                        "update": step - gs,
-                        "other": 0.0,
-                        "tokens": int(timings["tokens"]),
-                        "prompt_tokens": int(timings["prompt_tokens"]),
-                        "foreign_prompts": int(timings["foreign_prompts"]),
-                    }
-                )
-
+        StepTimer = instrument_trl(trainer, timings, records, expected)
         trainer.remove_callback(PrinterCallback)  # its end-of-training metrics dict is not the report
         trainer.add_callback(StepTimer())
         trainer.train()

@@ -263,7 +263,6 @@ def run_trl_block(
 ) -> list[dict]:
     """``cfg.steps`` RLOO steps under a fresh ``RLOOTrainer`` whose policy and reference model are
     loaded from ``policy_dir`` (TRL builds its reference model from the policy's path)."""
-    from transformers import TrainerCallback
     from trl import RLOOTrainer
 
     records: list[dict] = []
@@ -276,53 +275,70 @@ def run_trl_block(
             train_dataset=dataset,
             processing_class=tokenizer,
         )
-        orig_generate = trainer._generate
-        orig_gen_score = trainer._generate_and_score_completions
-
-        @functools.wraps(orig_generate)
-        def _generate(prompts):
-            t0 = time.perf_counter()
-            out = orig_generate(prompts)
-            timings["generate"] += time.perf_counter() - t0
-            timings["tokens"] += sum(len(c) for c in out[1])
-            return out
-
-        @functools.wraps(orig_gen_score)
-        def _gen_score(inputs):
-            t0 = time.perf_counter()
-            out = orig_gen_score(inputs)
-            timings["gen_score"] += time.perf_counter() - t0
-            return out
-
-        trainer._generate = _generate
-        trainer._generate_and_score_completions = _gen_score
-
-        class StepTimer(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kw):
-                timings.clear()
-                self.t0 = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kw):
-                step = time.perf_counter() - self.t0
-                gen, rew, gs = timings["generate"], timings["reward"], timings["gen_score"]
-                records.append(
-                    {
-                        "step": step,
-                        "generate": gen,
-                        "reward": rew,
-                        "policy+ref logp": gs - gen - rew,
-                        "score": gs - gen,
-                        "update": step - gs,
-                        "other": 0.0,
-                        "tokens": int(timings["tokens"]),
-                    }
-                )
-
+        StepTimer = instrument_trl(trainer, timings, records)
         trainer.add_callback(StepTimer())
         probe = DtypeProbe(trainer.model)
         trainer.train()
         dtypes.update(probe.dtypes)
     return records
+
+
+def instrument_trl(trainer, timings: dict, records: list[dict], expected: set | None = None):
+    """Wrap a TRL RLOOTrainer's generation and scoring with timers; returns the callback class that turns
+    them into one record per step (generate, reward, policy+ref logp, update, tokens). With `expected`
+    (the prompts as token tuples) the records also count prompt tokens and prompts not among them."""
+    from transformers import TrainerCallback
+
+    orig_generate = trainer._generate
+    orig_gen_score = trainer._generate_and_score_completions
+
+    @functools.wraps(orig_generate)
+    def _generate(prompts):
+        t0 = time.perf_counter()
+        out = orig_generate(prompts)
+        timings["generate"] += time.perf_counter() - t0
+        timings["tokens"] += sum(len(c) for c in out[1])
+        if expected is not None:
+            timings["prompt_tokens"] += sum(len(p) for p in out[0])
+            timings["foreign_prompts"] += sum(tuple(p) not in expected for p in out[0])
+        return out
+
+    @functools.wraps(orig_gen_score)
+    def _gen_score(inputs):
+        t0 = time.perf_counter()
+        out = orig_gen_score(inputs)
+        timings["gen_score"] += time.perf_counter() - t0
+        return out
+
+    trainer._generate = _generate
+    trainer._generate_and_score_completions = _gen_score
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            timings.clear()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            step = time.perf_counter() - self.t0
+            gen, rew, gs = timings["generate"], timings["reward"], timings["gen_score"]
+            rec = {
+                "step": step,
+                "generate": gen,
+                "reward": rew,
+                "policy+ref logp": gs - gen - rew,
+                "score": gs - gen,
+                "update": step - gs,
+                "other": 0.0,
+                "tokens": int(timings["tokens"]),
+            }
+            if expected is not None:
+                rec.update(
+                    prompt_tokens=int(timings["prompt_tokens"]),
+                    foreign_prompts=int(timings["foreign_prompts"]),
+                )
+            records.append(rec)
+
+    return StepTimer
 
 
 def make_trl_reward(reward, prompt_ids: list[list[int]], pad_id: int, precision: str, timings: dict):
