@@ -185,6 +185,18 @@ def test_decode_search_policies_are_decoded_policies(exp: str):
         assert set(search) <= set(policies), (exp, list(search), list(policies))
 
 
+@pytest.mark.parametrize("exp", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_study_job_dirs_ignore_bookkeeping_overrides(exp: str):
+    """A study whose job dirs are named by their overrides leaves `resume` and `threads` out of the name:
+    otherwise `threads=1` (or a resume) starts a new job dir instead of finding the one already run."""
+    raw = OmegaConf.load(CONF / "experiment" / f"{exp}.yaml")
+    subdir = OmegaConf.to_container(raw).get("hydra", {}).get("sweep", {}).get("subdir")  # unresolved
+    if subdir is None or "override_dirname" not in str(subdir):
+        return
+    exclude = OmegaConf.select(raw, "hydra.job.config.override_dirname.exclude_keys", default=[])
+    assert {"experiment", "resume", "threads"} <= set(exclude), (exp, list(exclude))
+
+
 def test_study_pipelines_run_both_continued_sft_controls():
     """experiment=main / beyond continue SFT on fresh and on seen demonstrations at the same settings;
     experiment=beyond_ratio is DPR on log_ratio from a parent run, then its own decoders."""
