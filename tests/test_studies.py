@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from densepath.sweeps.stats import t_interval
+from densepath.sweeps.stats import min_detectable_effect, t_interval
 from experiments.ablations.report import report_ablations
 from experiments.hacking.report import read_curves
 from experiments.main.report import report_main
@@ -116,6 +116,8 @@ def test_ablations_report_pairs_by_seed_and_finds_the_parent_sft(tmp_path: Path)
     d = np.array(alt) - np.array(ref)
     mean, half = t_interval(d)
     assert f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]" in md
+    mde = min_detectable_effect(float(d.std(ddof=1)), 3, alpha=0.05)  # one comparison: Holm level 0.05 / 1
+    assert f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}] | 0.0" in md and f"| {mde:.3f} |" in md
     assert (out / "ablations.png").stat().st_size > 0
 
 
@@ -137,7 +139,10 @@ def test_ablations_report_compares_k1_and_k3_at_measured_kl_and_flags_step_zero(
     report_ablations(sweep, out)
     md = (out / "results.md").read_text()
     kx, ky = t_interval([2.0, 2.1, 2.2]), t_interval([4.0, 5.0, 6.0])
-    assert f"| k1 | 0.1 | 3 | {kx[0]:.3f} ± {kx[1]:.3f} | {ky[0]:.3f} ± {ky[1]:.3f} |" in md
+    assert (
+        f"| k1 | 0.1 | 3 | {kx[0]:.3f} ± {kx[1]:.3f} | 2.10 | {ky[0]:.3f} ± {ky[1]:.3f} "
+        "| (2.00, 4.00), (2.10, 5.00), (2.20, 6.00) |"
+    ) in md  # median KL and every seed's (KL, return), paired by seed
     assert "| k3 | 1 | 3 |" in md
     assert "step 0 (SFT itself) in most seeds** for `dpr.module.kl=k1,dpr.module.kl_coef=1.0`" in md
     flagged = next(line for line in md.splitlines() if "step 0 (SFT itself)" in line)

@@ -46,6 +46,17 @@ def _override(config: str, key: str) -> str | None:
     return next((o.split("=", 1)[1] for o in config.split(",") if o.startswith(f"{key}=")), None)
 
 
+def _diff_cells(c: dict | None) -> str:
+    """`diff [CI] | p (Holm) | MDE at 80% power and the Holm level 0.05/m`; no test where every seed gives the
+    same difference."""
+    if not c:
+        return "- | - | -"
+    diff = f"{fmt(c['mean'])} [{fmt(c['lo'])}, {fmt(c['hi'])}]"
+    if c.get("zero_variance"):
+        return f"{diff} | every seed gives this difference: no test | -"
+    return f"{diff} | {fmt_p(c['p_holm'])} | {fmt(c['mde'])}"
+
+
 def kl_section(groups: dict[str, list], metrics: dict) -> tuple[list[str], dict[str, list]]:
     """k1 vs k3 at equal measured KL: for each configuration with `dpr.module.kl` k1 / k3 and a `kl_coef` (the
     reward and baseline of the reference), the last checkpoint's measured KL and true return (mean ± CI over
@@ -55,10 +66,11 @@ def kl_section(groups: dict[str, list], metrics: dict) -> tuple[list[str], dict[
         kind, coef = _override(c, "dpr.module.kl"), _override(c, "dpr.module.kl_coef")
         if kind not in ("k1", "k3") or coef is None or _override(c, "reward") or _override(c, "baseline"):
             continue
-        kx = summary(by_seed(js, metrics["kl_last"]).values())
-        ky = summary(by_seed(js, metrics["last"]).values())
+        kl_s, ret_s = by_seed(js, metrics["kl_last"]), by_seed(js, metrics["last"])
+        kx, ky = summary(kl_s.values()), summary(ret_s.values())
         if kx["n"] and ky["n"]:
-            pts.setdefault(kind, []).append((float(coef), kx, ky))
+            per_seed = [(kl_s[s], ret_s[s]) for s in sorted(set(kl_s) & set(ret_s))]
+            pts.setdefault(kind, []).append((float(coef), kx, ky, per_seed))
     if not pts:
         return [], {}
     md = [
@@ -67,14 +79,20 @@ def kl_section(groups: dict[str, list], metrics: dict) -> tuple[list[str], dict[
         "",
         "k1 puts the KL in the reward (the objective's reverse KL); k3 adds the unbiased KL estimate to the loss "
         "(its gradient is the forward KL at visited states). Compare true return where the measured KL is "
-        "about the same, not at the same β.",
+        "about the same, not at the same β. The measured KL is skewed (one drifting seed can hold most of the "
+        "mean), so its median and the per-seed pairs (KL, return) are listed too; the plot shows every seed.",
         "",
-        "| estimator | β | n | measured KL (nats/answer) | true return (last ckpt, T=1) |",
-        "|---|---:|---:|---|---|",
+        "| estimator | β | n | measured KL (nats/answer) | median KL | true return (last ckpt, T=1) "
+        "| per seed: (KL, return) |",
+        "|---|---:|---:|---|---:|---|---|",
     ]
     for kind in sorted(pts):
-        for coef, kx, ky in sorted(pts[kind], key=lambda t: t[0]):
-            md.append(f"| {kind} | {coef:g} | {ky['n']} | {fmt_ci(kx)} | {fmt_ci(ky)} |")
+        for coef, kx, ky, per_seed in sorted(pts[kind], key=lambda t: t[0]):
+            med = float(np.median([k for k, _ in per_seed])) if per_seed else float("nan")
+            pairs = ", ".join(f"({k:.2f}, {r:.2f})" for k, r in per_seed)
+            md.append(
+                f"| {kind} | {coef:g} | {ky['n']} | {fmt_ci(kx)} | {fmt(med, 2)} | {fmt_ci(ky)} | {pairs or '-'} |"
+            )
     return md, pts
 
 
@@ -108,7 +126,8 @@ def report_ablations(sweep: Path, out: Path) -> None:
         "Reference = the paper's setting: `log_ratio` against the half-way snapshot, gamma 1, sampling T 1, no KL, "
         "100 steps x 16 prompts x 8 samples, lr 1e-3. Each row changes one thing. `eval` true return of the "
         "best-`val` checkpoint, sampled at T=1 and greedy; mean ± 95% t-interval over seeds. Paired differences "
-        "are against the reference (same seeds), Holm-adjusted over all rows.",
+        "are against the reference (same seeds), Holm-adjusted over all rows; `smallest detectable` is the "
+        "difference a paired t-test would detect with 80% power at the strictest Holm level, 0.05/m.",
         "",
     ]
     if sft:
@@ -125,8 +144,9 @@ def report_ablations(sweep: Path, out: Path) -> None:
     md += [
         "| configuration | n | seeds | sampled true return | greedy true return | entropy/token | recovered return "
         "| last ckpt: sampled true return | last ckpt: entropy/token | best-val steps "
-        "| diff vs reference (best-val, sampled) | p (Holm) | diff vs reference (last, sampled) | p (Holm) |",
-        "|---|---:|---|---|---|---|---|---|---|---|---|---:|---|---:|",
+        "| diff vs reference (best-val, sampled) | p (Holm) | smallest detectable | diff vs reference (last, sampled) "
+        "| p (Holm) | smallest detectable |",
+        "|---|---:|---|---|---|---|---|---|---|---|---|---:|---:|---|---:|---:|",
     ]
     rows = {c: by_seed(js, metrics["sampled"]) for c, js in groups.items()}
     comps = compare_rows(rows, ref, list(rows)) if ref in rows else []
@@ -140,15 +160,12 @@ def report_ablations(sweep: Path, out: Path) -> None:
         js = groups[c]
         st = {k: summary(by_seed(js, m).values()) for k, m in metrics.items()}
         stats[c] = st
-        cp = cmap.get(c)
-        diff = f"{fmt(cp['mean'])} [{fmt(cp['lo'])}, {fmt(cp['hi'])}]" if cp else "-"
-        cl = cmap_last.get(c)
-        diff_last = f"{fmt(cl['mean'])} [{fmt(cl['lo'])}, {fmt(cl['hi'])}]" if cl else "-"
+        cp, cl = cmap.get(c), cmap_last.get(c)
         md.append(
             f"| `{c}` | {st['sampled']['n']} | {seeds_of(js)} | {fmt_ci(st['sampled'])} | {fmt_ci(st['greedy'])} | "
             f"{fmt_ci(st['entropy'])} | {fmt_ci(st['reward'])} | {fmt_ci(st['last'])} | {fmt_ci(st['last_entropy'])} | "
             f"{', '.join(str(int(v)) for v in by_seed(js, metrics['best_step']).values())} | "
-            f"{diff} | {fmt_p(cp['p_holm']) if cp else '-'} | {diff_last} | {fmt_p(cl['p_holm']) if cl else '-'} |"
+            f"{_diff_cells(cp)} | {_diff_cells(cl)} |"
         )
     at_zero = [
         c
@@ -202,22 +219,24 @@ def report_ablations(sweep: Path, out: Path) -> None:
             ax.axhline(best, color="tab:green", ls="--", lw=1, label="best possible")
     ax.legend(fontsize=7)
     ax2 = fig.add_subplot(1, 2, 2)
-    for kind, pts in kl_pts.items():
-        pts = sorted(pts, key=lambda t: t[1]["mean"])
-        ax2.errorbar(
+    for (kind, pts), color in zip(sorted(kl_pts.items()), ("tab:blue", "tab:orange", "tab:green")):
+        pts = sorted(pts, key=lambda t: t[0])
+        for _coef, _kx, _ky, per_seed in pts:  # every seed's (KL, return): the means hide a drifting seed
+            ax2.scatter([k for k, _ in per_seed], [r for _, r in per_seed], s=10, color=color, alpha=0.5)
+        ax2.plot(
             [q[1]["mean"] for q in pts],
             [q[2]["mean"] for q in pts],
-            xerr=[q[1]["ci95"] if math.isfinite(q[1]["ci95"]) else 0 for q in pts],
-            yerr=[q[2]["ci95"] if math.isfinite(q[2]["ci95"]) else 0 for q in pts],
-            fmt="o-",
-            capsize=3,
-            label=kind,
+            "o-",
+            color=color,
+            ms=7,
+            label=f"{kind} (mean)",
         )
-        for coef, kx, ky in pts:
+        for coef, kx, ky, _ in pts:
             ax2.annotate(
-                f"β={coef}", (kx["mean"], ky["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+                f"β={coef:g}", (kx["mean"], ky["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
             )
-    ax2.set_xlabel("measured KL(π || π_SFT) on eval samples (nats per answer)")
+    ax2.set_xscale("symlog", linthresh=0.1)
+    ax2.set_xlabel("measured KL(π || π_SFT) on eval samples (nats per answer, symlog); dots: seeds")
     ax2.set_ylabel("eval true return (last checkpoint, T=1)")
     ax2.set_title("k1 vs k3 over a β grid: true return at equal measured KL", fontsize=10)
     ax2.grid(alpha=0.3)
