@@ -26,6 +26,7 @@ from experiments.report_common import (
     report_cli,
     seeds_of,
     summary,
+    wall_hours,
     write_outputs,
 )
 
@@ -127,7 +128,8 @@ def report_ablations(sweep: Path, out: Path) -> None:
         "100 steps x 16 prompts x 8 samples, lr 1e-3. Each row changes one thing. `eval` true return of the "
         "best-`val` checkpoint, sampled at T=1 and greedy; mean ± 95% t-interval over seeds. Paired differences "
         "are against the reference (same seeds), Holm-adjusted over all rows; `smallest detectable` is the "
-        "difference a paired t-test would detect with 80% power at the strictest Holm level, 0.05/m.",
+        "difference a paired t-test would detect with 80% power at the strictest Holm level, 0.05/m. "
+        f"Wall time: {wall_hours(jobs):.2f} h summed over the jobs.",
         "",
     ]
     if sft:

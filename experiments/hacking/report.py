@@ -25,6 +25,7 @@ from experiments.report_common import (
     report_cli,
     seeds_of,
     summary,
+    wall_hours,
     write_outputs,
 )
 
@@ -99,7 +100,8 @@ def report_hacking(
         "verifier success of the same samples (what we want), mean over seeds with a 95% band. Setting: "
         "DPR from each seed's SFT of the main study, lr 1e-4, no KL, 60 steps x 16 prompts x 8 samples; "
         "the main study's own DPR run (k3 KL 1.0, lr 1e-5) for comparison. The plot shows 5-step moving "
-        "averages, mean over seeds with a 95% band.",
+        f"averages, mean over seeds with a 95% band. Wall time of this sweep: {wall_hours(jobs):.2f} h summed over "
+        "its jobs (the reused runs of other studies not counted).",
         "",
         "| setting | n | seeds | recovered return: first fifth of training → last fifth | verifier success (true return): first fifth → last fifth | step where it (smoothed) first falls 0.05 (0.5) below its start | best-val ckpt: eval success (true return) | last ckpt: eval success (true return) |",
         "|---|---:|---|---|---|---|---|---|",
