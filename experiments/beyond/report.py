@@ -224,8 +224,9 @@ def report_beyond(study: Path, out: Path) -> None:
             f"{diff_cell(r['d_ratio']['half_data'])} | {cost} |"
         )
     md += md_cond
-    fig = make_fig(15, 4.8)
-    ax = fig.add_subplot(1, 2, 1)
+    nc = len(conds)  # top: the paired differences; bottom: one score-vs-cost frontier per condition
+    fig = make_fig(max(15, 4 * nc), 9.6)
+    ax = fig.add_subplot(2, 1, 1)
     labels = ["DPR logprob", "log_ratio@sft_half", "log_ratio@half_data"]
     width = 0.8 / len(labels)
     xs = np.arange(len(summary_rows))
@@ -246,15 +247,15 @@ def report_beyond(study: Path, out: Path) -> None:
     ax.set_title("DPR decoded once minus SFT's best single decode, 95% CI", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    c0 = conds[0]
-    parents0, _, _ = load_condition(study / c0)
-    plot_frontier(
-        fig.add_subplot(1, 2, 2),
-        parents0,
-        HEAD,
-        ["sft", "dpr", "continued_sft", "continued_sft_seen"],
-        ylabel=f"eval true return ({c0})",
-    )
+    for k, c in enumerate(conds):
+        parents_c, _, _ = load_condition(study / c)
+        plot_frontier(
+            fig.add_subplot(2, nc, nc + k + 1),
+            parents_c,
+            HEAD,
+            ["sft", "dpr", "continued_sft", "continued_sft_seen"],
+            ylabel=f"eval true return ({c})",
+        )
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "beyond.png", dpi=110)
