@@ -19,8 +19,13 @@ for pair in "hacking main" "hacking_paths main_paths"; do
   densepath -m experiment=$exp "$S" reward=logprob dpr.module.kl=k3 dpr.module.kl_coef=1.0 dpr.module.lr=1e-5 \
     resume=auto "${EXTRA[@]}"
 done
-if have instruct hacking_instruct experiments/instruct/run.sh; then
-  densepath -m experiment=hacking_instruct "seed=${INSTRUCT_SEEDS:-0,1,2}" resume=auto "${EXTRA[@]}"
+IS=${INSTRUCT_SEEDS:-0,1,2}
+done_instruct=1  # every instruct seed must have finished (DONE): a half-run parent has no DPR start to watch
+for k in ${IS//,/ }; do [[ -f outputs/studies/instruct/seed$k/DONE ]] || done_instruct=0; done
+if [[ $done_instruct == 1 ]]; then
+  densepath -m experiment=hacking_instruct "seed=$IS" resume=auto "${EXTRA[@]}"
+else
+  echo "hacking: skipping hacking_instruct: outputs/studies/instruct/seed{$IS} not all finished (run experiments/instruct/run.sh first)" >&2
 fi
 [[ -n "${SKIP_REPORT:-}" ]] || {
   [[ ! -d outputs/studies/hacking ]] || python -m experiments.hacking.report outputs/studies/hacking \
