@@ -412,4 +412,6 @@ def test_hacking_report_reads_the_real_text_watch(tmp_path: Path):
     md = (out / "results.md").read_text()
     # first fifth (step 0) -> last fifth (step 16): reward 1.5 -> 17.5, pass rate 0.50 -> 0.18
     assert "| 2 | 0, 1 | 1.500 ± 6.353 → 17.500 ± 6.353 | 0.500 ± 0.000 → 0.180 ± 0.000 |" in md
+    # the setting sentence is the real-text one, not the toy study's (60 steps x 16 prompts x 8 samples)
+    assert "IFBench prompt-level pass rate" in md and "60 steps" not in md
     assert (out / "hacking.png").stat().st_size > 0

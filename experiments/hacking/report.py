@@ -93,15 +93,30 @@ def report_hacking(
             name = f"known-reward MDP, {label}, no KL, lr 1e-3 (ablations)"
             settings[name] = [j for j in aj if j["config"] == cfg]
             truth[name] = ("train/true_true_return", 0.5, "true return")
+    if any(
+        read_watch(j["dir"]) for j in jobs
+    ):  # real text: the watch answers a benchmark, not the RL prompts
+        setting = (
+            "Every `dpr.watch_every` steps (and before the first), the policy answers a fixed subset of IFBench "
+            "prompts greedily; the recovered return of those answers (what DPR maximises) is shown next to their "
+            "IFBench prompt-level pass rate, loose (what we want), mean over seeds with a 95% band. Setting "
+            "(`conf/experiment/hacking_instruct.yaml`): DPR from each seed's SFT of the instruct study, the "
+            "`log_ratio` reward against its half-way snapshot, lr 1e-4, no KL. A pass rate over 16 prompts moves "
+            "in steps of 1/16, so the 0.05 threshold below is one prompt. The plot shows the raw watch points"
+        )
+    else:
+        setting = (
+            "Per training step, the recovered return of the policy's own samples (what DPR maximises) next to "
+            "the verifier success of the same samples (what we want), mean over seeds with a 95% band. Setting: "
+            "DPR from each seed's SFT of the main study, lr 1e-4, no KL, 60 steps x 16 prompts x 8 samples; "
+            "the main study's own DPR run (k3 KL 1.0, lr 1e-5) for comparison. The plot shows 5-step moving "
+            "averages"
+        )
     md = [
         "# Reward-hacking watch: results",
         "",
-        "Per training step, the recovered return of the policy's own samples (what DPR maximises) next to the "
-        "verifier success of the same samples (what we want), mean over seeds with a 95% band. Setting: "
-        "DPR from each seed's SFT of the main study, lr 1e-4, no KL, 60 steps x 16 prompts x 8 samples; "
-        "the main study's own DPR run (k3 KL 1.0, lr 1e-5) for comparison. The plot shows 5-step moving "
-        f"averages, mean over seeds with a 95% band. Wall time of this sweep: {wall_hours(jobs):.2f} h summed over "
-        "its jobs (the reused runs of other studies not counted).",
+        f"{setting}, mean over seeds with a 95% band. Wall time of this sweep: {wall_hours(jobs):.2f} h summed "
+        "over its jobs (the reused runs of other studies not counted).",
         "",
         "| setting | n | seeds | recovered return: first fifth of training → last fifth | verifier success (true return): first fifth → last fifth | step where it (smoothed) first falls 0.05 (0.5) below its start | best-val ckpt: eval success (true return) | last ckpt: eval success (true return) |",
         "|---|---:|---|---|---|---|---|---|",
