@@ -174,6 +174,16 @@ def compare_pairs(rows: dict[str, dict[str, float]], pairs: Sequence[tuple[str, 
     )
 
 
+def test_cells(c: dict, nd: int = 3, unadjusted: bool = False) -> str:
+    """The table cells of one paired comparison after its difference: `[p (paired t) |] p (Holm) | MDE`. A
+    p-value over zero-variance differences is not significance: where every seed gives the same
+    difference, say so and test nothing."""
+    if c.get("zero_variance"):
+        return "every seed gives this difference: no test | -" + (" | -" if unadjusted else "")
+    ps = (f"{fmt_p(c['p'])} | " if unadjusted else "") + fmt_p(c["p_holm"])
+    return f"{ps} | {fmt(c['mde'], nd)}"
+
+
 def compare_md(comps: list[dict], ref: str | None, unit: str, nd: int = 3) -> list[str]:
     """The table of :func:`compare_rows` (`ref` names the reference) or :func:`compare_pairs` (ref None)."""
     lines = [
@@ -182,14 +192,9 @@ def compare_md(comps: list[dict], ref: str | None, unit: str, nd: int = 3) -> li
         "|---|---:|---:|---|---:|---:|---:|",
     ]
     for c in comps:
-        if c.get("zero_variance"):
-            p_cells, mde = "every seed gives this difference: no test", "-"
-            p_cells = f"{p_cells} | -"
-        else:
-            p_cells, mde = f"{fmt_p(c['p'])} | {fmt_p(c['p_holm'])}", fmt(c["mde"], nd)
         lines.append(
-            f"| {c['name']} | {c['n']} | {fmt(c['mean'], nd)} | [{fmt(c['lo'], nd)}, {fmt(c['hi'], nd)}] | {p_cells} "
-            f"| {mde} |"
+            f"| {c['name']} | {c['n']} | {fmt(c['mean'], nd)} | [{fmt(c['lo'], nd)}, {fmt(c['hi'], nd)}] | "
+            f"{test_cells(c, nd, unadjusted=True)} |"
         )
     return lines
 

@@ -415,3 +415,14 @@ def test_hacking_report_reads_the_real_text_watch(tmp_path: Path):
     # the setting sentence is the real-text one, not the toy study's (60 steps x 16 prompts x 8 samples)
     assert "IFBench prompt-level pass rate" in md and "60 steps" not in md
     assert (out / "hacking.png").stat().st_size > 0
+
+
+def test_test_cells_name_zero_variance_instead_of_a_p_value():
+    from experiments.report_common import test_cells
+
+    c = {"p": 0.01, "p_holm": 0.04, "mde": 0.25}
+    assert test_cells(c) == "0.040 | 0.250"
+    assert test_cells(c, unadjusted=True) == "0.010 | 0.040 | 0.250"
+    z = {"zero_variance": True, "p": 0.0, "p_holm": 0.0, "mde": 0.0}
+    assert test_cells(z) == "every seed gives this difference: no test | -"
+    assert test_cells(z, unadjusted=True) == "every seed gives this difference: no test | - | -"

@@ -20,12 +20,12 @@ from experiments.report_common import (
     failures_md,
     fmt,
     fmt_ci,
-    fmt_p,
     load_jobs,
     make_fig,
     report_cli,
     seeds_of,
     summary,
+    test_cells,
     wall_hours,
     write_outputs,
 )
@@ -52,10 +52,7 @@ def _diff_cells(c: dict | None) -> str:
     same difference."""
     if not c:
         return "- | - | -"
-    diff = f"{fmt(c['mean'])} [{fmt(c['lo'])}, {fmt(c['hi'])}]"
-    if c.get("zero_variance"):
-        return f"{diff} | every seed gives this difference: no test | -"
-    return f"{diff} | {fmt_p(c['p_holm'])} | {fmt(c['mde'])}"
+    return f"{fmt(c['mean'])} [{fmt(c['lo'])}, {fmt(c['hi'])}] | {test_cells(c)}"
 
 
 def kl_section(groups: dict[str, list], metrics: dict) -> tuple[list[str], dict[str, list]]:
