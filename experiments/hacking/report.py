@@ -74,8 +74,12 @@ def report_hacking(
 ) -> None:
     jobs, others = load_jobs(sweep)
     settings: dict[str, list] = {}
+    watch = any(read_watch(j["dir"]) for j in jobs)  # real text: the watch answers a benchmark
     for j in jobs:
-        settings.setdefault(j["config"], []).append(j)
+        name = j["config"]
+        if watch and name == "(reference)":
+            name = "real text: log_ratio, no KL, lr 1e-4"
+        settings.setdefault(name, []).append(j)
     if main_dir is not None and Path(main_dir).is_dir():
         mj, _ = load_jobs(Path(main_dir))
         settings["main study DPR (log_ratio, k3 KL 1.0, lr 1e-5, 50 steps)"] = mj
@@ -99,7 +103,7 @@ def report_hacking(
         setting = (
             "Every `dpr.watch_every` steps (and before the first), the policy answers a fixed subset of IFBench "
             "prompts greedily; the recovered return of those answers (what DPR maximises) is shown next to their "
-            "IFBench prompt-level pass rate, loose (what we want), mean over seeds with a 95% band. Setting "
+            "IFBench prompt-level pass rate, loose (what we want). Setting "
             "(`conf/experiment/hacking_instruct.yaml`): DPR from each seed's SFT of the instruct study, the "
             "`log_ratio` reward against its half-way snapshot, lr 1e-4, no KL. A pass rate over 16 prompts moves "
             "in steps of 1/16, so the 0.05 threshold below is one prompt. The plot shows the raw watch points"
@@ -107,7 +111,7 @@ def report_hacking(
     else:
         setting = (
             "Per training step, the recovered return of the policy's own samples (what DPR maximises) next to "
-            "the verifier success of the same samples (what we want), mean over seeds with a 95% band. Setting: "
+            "the verifier success of the same samples (what we want). Setting: "
             "DPR from each seed's SFT of the main study, lr 1e-4, no KL, 60 steps x 16 prompts x 8 samples; "
             "the main study's own DPR run (k3 KL 1.0, lr 1e-5) for comparison. The plot shows 5-step moving "
             "averages"
@@ -168,6 +172,8 @@ def report_hacking(
             a.plot(steps_s, m, color=color, label=label)
             a.fill_between(steps_s, m - h, m + h, color=color, alpha=0.2)
             a.set_ylabel(label + (f" ({w}-step mean)" if w > 1 else ""), color=color, fontsize=8)
+            if "pass rate" in label:  # a rate: its whole range, so a flat line reads as flat
+                a.set_ylim(0.0, 1.0)
         ax.set_xlabel("RL step")
         ax.set_title(name if len(name) < 60 else name[:57] + "...", fontsize=8)
     fig.tight_layout()
