@@ -426,3 +426,22 @@ def test_test_cells_name_zero_variance_instead_of_a_p_value():
     z = {"zero_variance": True, "p": 0.0, "p_holm": 0.0, "mde": 0.0}
     assert test_cells(z) == "every seed gives this difference: no test | -"
     assert test_cells(z, unadjusted=True) == "every seed gives this difference: no test | - | -"
+
+
+def test_identical_share_counts_equal_answers_over_common_prompts(tmp_path: Path):
+    from experiments.instruct.report import identical_share
+
+    def write(job: Path, policy: str, answers: dict[str, str]) -> None:
+        d = job / "evalset" / policy
+        d.mkdir(parents=True)
+        rows = [{"prompt": q, "response": r} for q, r in answers.items()]
+        (d / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    jobs = [{"dir": tmp_path / "seed0"}, {"dir": tmp_path / "seed1"}, {"dir": tmp_path / "seed2"}]
+    write(jobs[0]["dir"], "dpr", {"a": "x", "b": "y", "c": "z"})
+    write(jobs[0]["dir"], "sft@beam4", {"a": "x", "b": "Y", "c": "z", "d": "w"})  # d: not answered by dpr
+    write(jobs[1]["dir"], "dpr", {"a": "p"})
+    write(jobs[1]["dir"], "sft@beam4", {"a": "q"})
+    # seed2 has no beam answers: not compared
+    write(jobs[2]["dir"], "dpr", {"a": "p"})
+    assert identical_share(jobs, "dpr", "sft@beam4") == (2, 4, ["2/3", "0/1"])

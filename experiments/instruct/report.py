@@ -301,6 +301,27 @@ def report_instruct(sweep: Path, out: Path) -> None:
     )
 
 
+def identical_share(jobs, a: str, b: str) -> tuple[int, int, list[str]]:
+    """How many of policy `a`'s IFBench answers are identical to policy `b`'s, over the prompts both answered
+    (`evalset/<policy>/responses.jsonl`), summed over jobs: (identical, compared, per-seed "k/n")."""
+    same = total = 0
+    per_seed = []
+    for j in jobs:
+        answers = []
+        for p in (a, b):
+            path = Path(j["dir"]) / "evalset" / p / "responses.jsonl"
+            rows = (
+                [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+            )
+            answers.append({r["prompt"]: r["response"] for r in rows})
+        common = sorted(set(answers[0]) & set(answers[1]))
+        if common:
+            k = sum(answers[0][q] == answers[1][q] for q in common)
+            same, total = same + k, total + len(common)
+            per_seed.append(f"{k}/{len(common)}")
+    return same, total, per_seed
+
+
 def frontier_section(jobs, acc, decoded) -> list[str]:
     """SFT greedy and its decoders (cost, prompt-loose accuracy) against DPR decoded once (greedy)."""
     if not decoded or "dpr" not in acc:
@@ -333,6 +354,15 @@ def frontier_section(jobs, acc, decoded) -> list[str]:
         if match
         else "None of SFT's decoders reaches DPR's mean.",
     ]
+    beams = sorted((int(p.split("@beam")[1]), p) for p in decoded if p.startswith("sft@beam"))
+    if beams:
+        widest = beams[-1][1]
+        same, total, per_seed = identical_share(jobs, "dpr", widest)
+        if total:
+            md.append(
+                f"DPR's greedy answers identical to SFT's widest beam (`{widest}`): {same} of {total} "
+                f"({100 * same / total:.0f}%; per seed {', '.join(per_seed)})."
+            )
     return md
 
 
