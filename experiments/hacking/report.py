@@ -97,9 +97,7 @@ def report_hacking(
             name = f"known-reward MDP, {label}, no KL, lr 1e-3 (ablations)"
             settings[name] = [j for j in aj if j["config"] == cfg]
             truth[name] = ("train/true_true_return", 0.5, "true return")
-    if any(
-        read_watch(j["dir"]) for j in jobs
-    ):  # real text: the watch answers a benchmark, not the RL prompts
+    if watch:
         setting = (
             "Every `dpr.watch_every` steps (and before the first), the policy answers a fixed subset of IFBench "
             "prompts greedily; the recovered return of those answers (what DPR maximises) is shown next to their "
