@@ -83,3 +83,49 @@ def test_symbol_tokenizer_prompt_is_bos_only():
     assert encode_prompt(tok, msgs) == [tok.bos_token_id]
     enc = encode_pair(tok, msgs, "A C H")
     assert tok.convert_ids_to_tokens(enc.response_ids) == ["A", "C", "H", "<|eos|>"]
+
+
+_TRAIN_AT = """
+import sys, time
+from densepath.models.tokenizer import tokenizer_hash, train_bpe_tokenizer
+texts = [f"item {i} costs {i * 7 % 97} coins and {i % 13} gems" for i in range(400)]
+while time.time() < float(sys.argv[2]):  # every job trains and publishes at the same moment
+    time.sleep(0.005)
+print(tokenizer_hash(train_bpe_tokenizer(texts, 200, sys.argv[1])))
+"""
+
+
+def test_concurrent_jobs_training_one_cached_tokenizer_all_succeed(tmp_path):
+    """A submitit sweep's jobs train the same tokenizer into one cache at once (the CI failure of stop 26:
+    one job moved another's files out of a shared `<key>.tmp`); every job must get the same tokenizer,
+    and the cache must hold it alone."""
+    import subprocess
+    import sys
+    import time
+
+    start = f"{time.time() + 8:.3f}"  # after every interpreter has imported transformers
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TRAIN_AT, str(tmp_path), start], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    hashes = [job.communicate(timeout=120)[0].strip() for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 4
+    assert len(set(hashes)) == 1 and hashes[0]
+    (cached,) = tmp_path.iterdir()  # no temp dirs left behind
+    assert cached.name.startswith("bpe-") and (cached / "tokenizer.json").exists()
+
+
+def test_publishing_onto_a_finished_cache_keeps_it_and_a_blocked_one_fails(tmp_path):
+    from densepath.models.tokenizer import _publish
+
+    tok = symbol_tokenizer(["a", "b"])
+    _publish(tok, tmp_path / "bpe-x")
+    _publish(tok, tmp_path / "bpe-x")  # another job got there first: fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bpe-x"]
+    (tmp_path / "bpe-y").mkdir()
+    (tmp_path / "bpe-y" / "stray.txt").write_text("not a tokenizer")
+    with pytest.raises(OSError):
+        _publish(tok, tmp_path / "bpe-y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bpe-x", "bpe-y"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import string
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -89,15 +91,26 @@ def train_bpe_tokenizer(
     tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(vocab_size=vocab_size, **kw))
     fast = _wrap(tok, CHAT_TEMPLATE)
     if target is not None:
-        target.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        fast.save_pretrained(str(tmp))
-        # atomic publish: concurrent sweep jobs may train the same tokenizer at once
-        for f in tmp.iterdir():
-            f.replace(target / f.name)
-        tmp.rmdir()
+        _publish(fast, target)
         log.info("trained BPE tokenizer (%d tokens) cached at %s", len(fast), target)
     return fast
+
+
+def _publish(fast: PreTrainedTokenizerFast, target: Path) -> None:
+    """Save into a private temp dir, then rename it to `target` in one step. Concurrent sweep jobs train
+    the same tokenizer at once: each writes its own dir, the first rename wins, and a reader never sees
+    a half-written cache (the old shared `<target>.tmp` let one job move the files of another)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        fast.save_pretrained(str(tmp))
+        try:
+            tmp.rename(target)  # atomic; also replaces an empty dir left by an older version
+        except OSError:
+            if not (target / "tokenizer.json").exists():
+                raise  # not another job's finished copy: something else is in the way
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def symbol_tokenizer(symbols: list[str]) -> PreTrainedTokenizerFast:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +220,7 @@ class EvalSetStage(Stage):
         model = spec.build(ctx.tokenizer).to(self.device).eval()
         texts, lengths, truncated = self.answer(ctx, model, prompts, es, "base")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # concurrent seeds share this cache
         tmp.write_text(json.dumps({"key": key, "texts": texts, "lengths": lengths, "truncated": truncated}))
         tmp.replace(path)
         return texts, lengths, truncated
