@@ -46,10 +46,10 @@ demo: install
 
 test: install-dev
 	$(VENV)/bin/lint-imports   # the layer contract in pyproject.toml ([tool.importlinter])
-	$(PY) -m pytest -q --timeout=1800 tests
+	$(PY) -m pytest -q --timeout=1800 --durations=25 tests
 
 test-fast: install-dev
-	$(PY) -m pytest -q -m "not slow" --timeout=600 tests
+	$(PY) -m pytest -q -m "not slow" --timeout=600 --durations=15 tests
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks experiments
