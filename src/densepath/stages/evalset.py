@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from densepath.eval.evalsets import build_evalset, read_answers
 from densepath.models.device import autocast_for, device_for
 from densepath.models.io import load_policy
 from densepath.models.logprobs import response_logprobs
+from densepath.rewards.artefact import atomic_write
 from densepath.sampling.search import beam_search, best_of, select_rows
 from densepath.stages.base import Stage, available_policies, policy_path
 from densepath.stages.common import build_sampler
@@ -219,10 +219,8 @@ class EvalSetStage(Stage):
         torch.manual_seed(int(ctx.cfg.seed))
         model = spec.build(ctx.tokenizer).to(self.device).eval()
         texts, lengths, truncated = self.answer(ctx, model, prompts, es, "base")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # concurrent seeds share this cache
-        tmp.write_text(json.dumps({"key": key, "texts": texts, "lengths": lengths, "truncated": truncated}))
-        tmp.replace(path)
+        payload = json.dumps({"key": key, "texts": texts, "lengths": lengths, "truncated": truncated})
+        atomic_write(path, lambda tmp: Path(tmp).write_text(payload))  # concurrent seeds share this cache
         return texts, lengths, truncated
 
     def fidelity(self, ctx, es, records, prompts, texts, results) -> dict:
